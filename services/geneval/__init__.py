@@ -1,0 +1,1 @@
+"""GenEval reward service: GenEval's rules over detections from a pluggable detector backend (shapes or mmdet)."""
