@@ -68,6 +68,15 @@ class Scorer(abc.ABC):
     def info(self) -> ScorerInfo:
         """Describe the loaded model (valid after setup)."""
 
+    def prepare(self, items: list[ScorerInput]) -> Any:
+        """Optional CPU-side preprocessing of a batch (e.g. resize + tokenise). The server runs it in its own
+        thread while the previous batch's forward runs; the default hands the items through unchanged."""
+        return items
+
+    def score_prepared(self, prepared: Any, items: list[ScorerInput]) -> list[ScorerOutput]:
+        """The forward over what `prepare` returned; the default calls `score(items)`."""
+        return self.score(items)
+
     def warmup_inputs(self) -> list[ScorerInput]:
         """Inputs for the warm-up forward run before /health/ready turns ready."""
         return [ScorerInput(image=np.full((64, 64, 3), 127, dtype=np.uint8), prompt="a photo")]
