@@ -1,13 +1,14 @@
 """A tiny Stable Diffusion 3 of the real architecture, built from config, for tests (no downloads).
 
 `build_tiny_sd3(directory)` builds every component of a `StableDiffusion3Pipeline` at toy size, seeded and
-deterministic: an `SD3Transformer2DModel` (1 layer with SD3.5's dual attention and RMS qk-norm, 4 heads of 8 = inner
-dim 32, patch 2), two `CLIPTextModelWithProjection` (hidden 16, projection 16) and a `T5EncoderModel` (d_model 32 =
-the transformer's joint attention dim, as in SD3 where T5's width bounds the padded CLIP width), a 2-level
-`AutoencoderKL` (scale factor 2, 16 latent channels like SD3's VAE) and a `FlowMatchEulerDiscreteScheduler` with
-shift 3. The tokenizers are constructed in code (a byte-level CLIP BPE with a few merges; a character-level T5
-unigram vocabulary), so nothing is fetched. The whole pipeline is written with `save_pretrained`, so
-`SD3FlowModel` loads it through exactly the path real weights take.
+deterministic: an `SD3Transformer2DModel` (2 layers, the first with SD3.5's dual attention; RMS qk-norm; 4 heads of
+8 = inner dim 32; patch 2; the last layer is context-pre-only as in the real model), two
+`CLIPTextModelWithProjection` (hidden 16, projection 16) and a `T5EncoderModel` (d_model 32 = the transformer's
+joint attention dim, as in SD3 where T5's width bounds the padded CLIP width), a 2-level `AutoencoderKL` (scale
+factor 2, 16 latent channels like SD3's VAE) and a `FlowMatchEulerDiscreteScheduler` with shift 3. The tokenizers
+are constructed in code (a byte-level CLIP BPE with a few merges; a character-level T5 unigram vocabulary), so
+nothing is fetched. The whole pipeline is written with `save_pretrained`, so `SD3FlowModel` loads it through exactly
+the path real weights take.
 
 At the default resolution of 64 px the latents are 16 x 32 x 32.
 """
@@ -60,7 +61,7 @@ def build_tiny_sd3_pipeline(seed: int = 0):
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=8,
+        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
         num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32,
         pos_embed_max_size=32, dual_attention_layers=(0,), qk_norm="rms_norm")
 
