@@ -57,6 +57,13 @@ class Rollout(abc.ABC):
     query: RewardQuery
 
 
+class TrainingBatch(abc.ABC):
+    """Algorithm-specific result of prepare_training. `metrics` holds scalars the loop logs once per epoch: reward
+    and advantage statistics and, for branched algorithms, the per-step reward matrix (reward_by_step/k{k}_mean)."""
+
+    metrics: dict[str, float]
+
+
 class Algorithm(abc.ABC):
     name: str = "base"
     cost: Cost
