@@ -1,0 +1,121 @@
+"""GenEvalScorer: the GenEval reward as a served Scorer, over any DetectorBackend.
+
+One batch = one `detect` forward over all valid items, then one `classify_colors` call with every crop the
+batch's colour clauses need, then GenEval's rules (services.geneval.scoring) per item. Each reply carries the
+components `strict` (GenEval correctness, 0 or 1) and `partial` (Flow-GRPO-style partial credit in [0, 1]), and the
+per-clause detail; which of the two is the reward `value` is a setting (partial credit by default, for training).
+An item whose metadata is not GenEval's fails alone, with a message naming the field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from services.common.scorer import Scorer, ScorerInfo, ScorerInput, ScorerOutput
+from services.geneval.detections import ColorRequest, Detection, DetectorBackend
+from services.geneval.scoring import (
+    GenEvalMetadata,
+    InvalidMetadataError,
+    ScoringConfig,
+    colour_targets,
+    evaluate,
+    parse_metadata,
+    select_detections,
+)
+
+COMPONENTS = ["strict", "partial"]  # component names of every successful item
+
+
+@dataclass(frozen=True)
+class GenEvalScorerConfig:
+    """How detections become a reward."""
+
+    reward: Literal["partial", "strict"] = "partial"  # which component is the reply's `value`
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)  # GenEval's thresholds
+    detail_detections: bool = True  # include the selected detections (boxes, confidences, colours) in the detail
+
+
+def _detections_detail(selected: dict[str, list[Detection]]) -> dict[str, list[dict[str, Any]]]:
+    detail = {}
+    for class_name, detections in selected.items():
+        entries = []
+        for d in detections:
+            entry: dict[str, Any] = {"box": [round(float(v), 2) for v in d.box], "confidence": round(float(d.confidence), 4)}
+            if d.color is not None:
+                entry["color"] = d.color
+            entries.append(entry)
+        detail[class_name] = entries
+    return detail
+
+
+class GenEvalScorer(Scorer):
+    """GenEval over a detector backend (shapes or mmdet)."""
+
+    def __init__(self, backend: DetectorBackend, config: GenEvalScorerConfig = GenEvalScorerConfig()) -> None:
+        if config.reward not in COMPONENTS:
+            raise ValueError(f"reward must be one of {COMPONENTS}, got {config.reward!r}")
+        self.backend = backend
+        self.config = config
+
+    def setup(self) -> None:
+        self.backend.setup()
+
+    def info(self) -> ScorerInfo:
+        described = self.backend.describe()
+        return ScorerInfo(
+            name="geneval",
+            model=f"{self.backend.name}:{described.get('model', '')}",
+            revision=str(described.get("revision", "")),
+            dtype=str(described.get("dtype", "float32")),
+            device=str(described.get("device", "cpu")),
+            score_min=0.0,
+            score_max=1.0,
+            description=(f"GenEval ({self.backend.name} detector); value = {self.config.reward} "
+                         "(strict: GenEval correctness 0/1; partial: mean of per-check credits)"),
+            components=list(COMPONENTS),
+        )
+
+    def warmup_inputs(self) -> list[ScorerInput]:
+        metadata = {"tag": "single_object", "include": [{"class": self.backend.classes[0], "count": 1}]}
+        return [ScorerInput(image=np.full((64, 64, 3), 255, dtype=np.uint8), prompt="warm-up", metadata=metadata)]
+
+    def _parse(self, item: ScorerInput) -> GenEvalMetadata:
+        return parse_metadata(item.metadata, classes=self.backend.classes, colors=self.backend.colors)
+
+    def score(self, items: list[ScorerInput]) -> list[ScorerOutput]:
+        outputs: list[ScorerOutput | None] = [None] * len(items)
+        parsed: dict[int, GenEvalMetadata] = {}
+        for index, item in enumerate(items):
+            try:
+                parsed[index] = self._parse(item)
+            except InvalidMetadataError as error:
+                outputs[index] = ScorerOutput(value=None, error=f"invalid metadata: {error}")
+        valid = sorted(parsed)
+        detections = self.backend.detect([items[i].image for i in valid]) if valid else []
+        if len(detections) != len(valid):
+            raise RuntimeError(f"{self.backend.name} returned {len(detections)} detection lists for {len(valid)} images")
+        config = self.config.scoring
+        selected = {i: select_detections(found, parsed[i].tag, config) for i, found in zip(valid, detections)}
+        # every crop the batch's colour clauses need, in one call
+        requests: list[ColorRequest] = []
+        request_keys: list[tuple[int, int]] = []
+        for i in valid:
+            for clause_index, targets in colour_targets(selected[i], parsed[i]).items():
+                requests.append(ColorRequest(items[i].image, tuple(targets), parsed[i].include[clause_index].class_name))
+                request_keys.append((i, clause_index))
+        answers = self.backend.classify_colors(requests) if requests else []
+        colours: dict[int, dict[int, list[str]]] = {i: {} for i in valid}
+        for (i, clause_index), answer in zip(request_keys, answers):
+            colours[i][clause_index] = list(answer)
+        for i in valid:
+            evaluation = evaluate(selected[i], parsed[i], colours[i], config)
+            strict = 1.0 if evaluation.strict else 0.0
+            components = {"strict": strict, "partial": evaluation.partial}
+            detail = evaluation.detail()
+            if self.config.detail_detections:
+                detail["detections"] = _detections_detail(selected[i])
+            outputs[i] = ScorerOutput(value=components[self.config.reward], components=components, detail=detail)
+        assert all(output is not None for output in outputs)
+        return outputs  # type: ignore[return-value]
