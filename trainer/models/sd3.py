@@ -57,15 +57,16 @@ def _looks_like_local_path(path: str) -> bool:
 def _not_found(path: str, cause: BaseException | None) -> ModelNotFoundError:
     local = Path(path).expanduser().resolve()
     if _looks_like_local_path(path):
+        where = f"no StableDiffusion3Pipeline directory at {local}"
         how = (f"download it there with `huggingface-cli download {DEFAULT_SD3_MODEL} --local-dir {local}` "
                f"(or pass a hub id such as {DEFAULT_SD3_MODEL})")
     else:
+        where = (f"no local directory {local} and not in the Hugging Face cache {_hub_cache()} "
+                 f"(HF_HUB_OFFLINE={int(_hub_offline())})")
         how = (f"fetch it with `huggingface-cli download {path}` (gated models: accept the licence on "
                f"huggingface.co and run `huggingface-cli login` first), then run again; or pass a local directory")
     detail = f" ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})" if cause else ""
-    return ModelNotFoundError(
-        f"SD3 model {path!r} not found: looked for a local StableDiffusion3Pipeline directory at {local} and in the "
-        f"Hugging Face cache {_hub_cache()} (HF_HUB_OFFLINE={int(_hub_offline())}){detail}. To provide it, {how}.")
+    return ModelNotFoundError(f"SD3 model {path!r} not found: {where}{detail}. To provide it, {how}.")
 
 
 def _dtype_argument_name() -> str:
