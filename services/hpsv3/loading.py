@@ -28,6 +28,7 @@ CHECKPOINT_FILE = "HPSv3.safetensors"  # the file name in the MizzenAI/HPSv3 hub
 
 
 def _hf_cache() -> str:
+    """The hub cache directory, read from the environment at call time (HF_HUB_CACHE, else HF_HOME/hub)."""
     return os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
 
@@ -42,7 +43,7 @@ def resolve_model_dir(model: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(model, local_files_only=True))
+        return Path(snapshot_download(model, local_files_only=True, cache_dir=_hf_cache()))
     except Exception as error:  # LocalEntryNotFoundError, HFValidationError (not a repo id), ...
         raise WeightsNotFoundError(
             f"base model {model!r} is neither a directory nor in the Hugging Face cache {_hf_cache()} ({error}). "
@@ -60,7 +61,7 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(checkpoint, CHECKPOINT_FILE, local_files_only=True))
+        return Path(hf_hub_download(checkpoint, CHECKPOINT_FILE, local_files_only=True, cache_dir=_hf_cache()))
     except Exception as error:
         raise WeightsNotFoundError(
             f"HPSv3 checkpoint {checkpoint!r} is neither a file, a directory holding {CHECKPOINT_FILE}, nor in the "
