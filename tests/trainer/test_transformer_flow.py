@@ -209,3 +209,38 @@ def test_bf16_keeps_lora_in_fp32_and_returns_fp32(tiny_dir):
     assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
     v.pow(2).mean().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.trainable_parameters())
+
+
+def test_nested_reference_contexts_restore_the_adapter_only_at_the_outermost_exit(tiny_dir):
+    model = make_model(tiny_dir)
+    x, sigma, cond = inputs(model)
+    train_one_step(model, x, sigma, cond)
+    with torch.no_grad():
+        adapted = model.velocity(x, sigma, cond, 1.0)
+        with model.reference():
+            base = model.velocity(x, sigma, cond, 1.0)
+            with model.reference():
+                pass
+            torch.testing.assert_close(model.velocity(x, sigma, cond, 1.0), base, rtol=0, atol=0)
+        torch.testing.assert_close(model.velocity(x, sigma, cond, 1.0), adapted, rtol=0, atol=0)
+
+
+def test_reference_and_save_work_when_the_transformer_is_wrapped_in_ddp(tiny_dir, tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = make_model(tiny_dir)
+        x, sigma, cond = inputs(model)
+        model.transformer = DistributedDataParallel(model.transformer)
+        train_one_step(model, x, sigma, cond)
+        with torch.no_grad():
+            adapted = model.velocity(x, sigma, cond, 1.0)
+            with model.reference():
+                base = model.velocity(x, sigma, cond, 1.0)
+        assert (adapted - base).abs().max() > 1e-4
+        model.save_lora(str(tmp_path / "lora"))
+        assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    finally:
+        dist.destroy_process_group()

@@ -95,6 +95,7 @@ class TransformerFlowModel(FlowModel):
             transformer.enable_gradient_checkpointing()
         transformer.eval()
         self.transformer = transformer
+        self._reference_depth = 0
 
     # --- the policy -------------------------------------------------------------------------------------------
 
@@ -114,21 +115,31 @@ class TransformerFlowModel(FlowModel):
             pooled = torch.cat([cond.negative_pooled, cond.pooled])
         out = self.transformer(
             hidden_states=hidden.to(self.device, self.dtype), timestep=timestep,
-            encoder_hidden_states=text.to(self.device, self.dtype), pooled_projections=pooled.to(self.device, self.dtype),
-            return_dict=False)[0].float()
+            encoder_hidden_states=text.to(self.device, self.dtype),
+            pooled_projections=pooled.to(self.device, self.dtype), return_dict=False)[0].float()
         if guided:
             uncond, conditional = out.chunk(2)
             out = uncond + guidance_scale * (conditional - uncond)
         return out
 
+    @property
+    def base_transformer(self) -> torch.nn.Module:
+        """The SD3Transformer2DModel itself, also when the trainer has wrapped `transformer` (DDP keeps `.module`)."""
+        return getattr(self.transformer, "module", self.transformer)
+
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
-        """velocity() of the base model: the LoRA adapter is bypassed inside the context."""
-        self.transformer.disable_adapters()
+        """velocity() of the base model: the LoRA adapter is bypassed inside the context (nesting is allowed)."""
+        outermost = self._reference_depth == 0
+        if outermost:
+            self.base_transformer.disable_adapters()
+        self._reference_depth += 1
         try:
             yield
         finally:
-            self.transformer.enable_adapters()
+            self._reference_depth -= 1
+            if outermost:
+                self.base_transformer.enable_adapters()
 
     # --- LoRA state -------------------------------------------------------------------------------------------
 
@@ -157,8 +168,8 @@ class TransformerFlowModel(FlowModel):
         from diffusers import StableDiffusion3Pipeline
         from peft.utils import get_peft_model_state_dict
 
-        layers = {key: value.detach().float().cpu().contiguous()
-                  for key, value in get_peft_model_state_dict(self.transformer, adapter_name=_ADAPTER_NAME).items()}
+        peft_state = get_peft_model_state_dict(self.base_transformer, adapter_name=_ADAPTER_NAME)
+        layers = {key: value.detach().float().cpu().contiguous() for key, value in peft_state.items()}
         StableDiffusion3Pipeline.save_lora_weights(
             directory, transformer_lora_layers=layers,
-            transformer_lora_adapter_metadata=self.transformer.peft_config[_ADAPTER_NAME].to_dict())
+            transformer_lora_adapter_metadata=self.base_transformer.peft_config[_ADAPTER_NAME].to_dict())
