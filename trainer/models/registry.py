@@ -10,20 +10,22 @@ from typing import Any, Callable
 from trainer.models.base import FlowModel
 
 
-def _load_sd3(path: str, config: Any) -> FlowModel:
+def _load_sd3(path: str | None, config: Any) -> FlowModel:
     from trainer.models.sd3 import SD3FlowModel
 
     return SD3FlowModel(path, config)
 
 
-# The registration point: kind -> loader(path, config). The shapes adapter registers "shapes" here.
-MODEL_LOADERS: dict[str, Callable[[str, Any], FlowModel]] = {
+# The registration point: kind -> loader(path, config); path None = the adapter's default weights.
+# The shapes adapter registers "shapes" here.
+MODEL_LOADERS: dict[str, Callable[[str | None, Any], FlowModel]] = {
     "sd3": _load_sd3,
 }
 
 
-def load_model(kind: str, path: str, config: Any) -> FlowModel:
-    """The FlowModel of adapter `kind` loaded from `path` (local directory or hub id) with its typed `config`."""
+def load_model(kind: str, path: str | None, config: Any) -> FlowModel:
+    """The FlowModel of adapter `kind` loaded from `path` (local directory or hub id; None = the adapter's default)
+    with its typed `config`."""
     if kind not in MODEL_LOADERS:
         raise ValueError(f"unknown model kind {kind!r}; registered: {', '.join(sorted(MODEL_LOADERS))}")
     return MODEL_LOADERS[kind](path, config)

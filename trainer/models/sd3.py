@@ -93,7 +93,8 @@ def load_sd3_pipeline(path: str, dtype: torch.dtype):
 class SD3FlowModel(TransformerFlowModel):
     """SD3 / SD3.5 (default: stabilityai/stable-diffusion-3.5-medium) with a trainable LoRA on the transformer."""
 
-    def __init__(self, path: str = DEFAULT_SD3_MODEL, config: SD3Config | None = None):
+    def __init__(self, path: str | None = None, config: SD3Config | None = None):
+        path = path or DEFAULT_SD3_MODEL
         config = config or SD3Config()
         device = resolve_device(config.device)
         pipeline = load_sd3_pipeline(path, resolve_dtype(config.dtype, device))
