@@ -38,8 +38,11 @@ class BranchedTrajectories:
 
 def branched_rollout(model: FlowModel, cond: Conditioning, x_init: torch.Tensor, sigmas: torch.Tensor,
                      branch_steps: list[int], num_branches: int, noise_level: float, guidance_scale: float,
-                     anchor_steps: int, generator: torch.Generator, max_rows: int = 0) -> BranchedTrajectories:
-    """Anchor + one-step SDE branches + batched ODE suffixes. cond: one row per seed; x_init: [S, ...] = x_T."""
+                     anchor_steps: int, generator: torch.Generator, max_rows: int = 0,
+                     branch_noise: torch.Tensor | None = None) -> BranchedTrajectories:
+    """Anchor + one-step SDE branches + batched ODE suffixes. cond: one row per seed; x_init: [S, ...] = x_T.
+    branch_noise [S, |K|, B, ...] fixes the eps_b of every branch (K sorted); otherwise drawn from `generator`
+    at each branch step."""
     num_steps = sigmas.shape[0] - 1
     seeds = x_init.shape[0]
     steps = sorted(branch_steps)
@@ -74,7 +77,8 @@ def branched_rollout(model: FlowModel, cond: Conditioning, x_init: torch.Tensor,
             anchor_v = v[:seeds]
             if i in steps:
                 slot = steps.index(i)
-                noise = torch.randn((seeds, num_branches) + shape, generator=generator)
+                noise = (branch_noise[:, slot] if branch_noise is not None
+                         else torch.randn((seeds, num_branches) + shape, generator=generator))
                 step = sde_step_with_logprob(anchor_x.repeat_interleave(num_branches, 0),
                                              anchor_v.repeat_interleave(num_branches, 0), sigmas[i], sigmas[i + 1],
                                              sigma_max, noise_level, noise=noise.reshape((-1,) + shape))
