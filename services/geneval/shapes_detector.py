@@ -19,7 +19,9 @@ Refusal: GenEval trusts a detection above 0.3 (0.9 for counting), so the confide
 shape". It is the product of (a) the fit: the soft IoU mapped linearly from `iou_reject` (0) to `iou_clean` (1),
 (b) the separation: how far the best template beats the second best, mapped from 0 to `margin_clean` (1), and
 (c) the size regularity: how close the bounding box is to the shape's canonical aspect (a circle or square is as
-wide as tall). A blurred, smeared or shapeless blob fits no template well (its soft edges and irregular outline cost
+wide as tall), and (d) the sharpness: the candidate's edge fuzziness, sum(min(alpha, 1 - alpha)), beyond the
+ideal antialiased template's, per pixel of outline (about 0 for a clean rendering, a blurred or smeared one has a
+transition band several pixels wide). A blurred, smeared or shapeless blob fits no template well (its soft edges and irregular outline cost
 IoU) and a round blob that is not a clean disc is neither circle nor square by a clear margin, so it is refused
 (confidence near 0) rather than credited as a circle, which made chance-level generation score 1/3 on single objects
 in a first attempt (docs/environment.md).
@@ -55,6 +57,8 @@ class ShapesDetectorConfig:
     iou_reject: float = 0.84  # soft IoU with the best template at or below which the fit scores 0
     iou_clean: float = 0.92  # soft IoU at or above which the fit scores 1
     margin_clean: float = 0.10  # IoU lead of the best template over the second at or above which separation scores 1
+    fuzz_clean: float = 0.08  # edge fuzziness beyond the ideal template's, per outline pixel, up to which sharpness is 1
+    fuzz_reject: float = 0.18  # the same, at or above which sharpness is 0 (blurred or smeared)
     aspect_tolerance: float = 0.12  # |log(box aspect / canonical aspect)| up to which size regularity is 1
     max_aspect_error: float = 0.5  # |log(box aspect / canonical aspect)| at which size regularity reaches 0
     supersample: int = 8  # sub-pixels per pixel side when rasterising the ideal templates
@@ -93,6 +97,21 @@ def _coverage(shape: str, cx: float, cy: float, width: float, height: float, win
 def _soft_iou(alpha: np.ndarray, template: np.ndarray) -> float:
     union = np.maximum(alpha, template).sum()
     return float(np.minimum(alpha, template).sum() / union) if union > 0 else 0.0
+
+
+def _perimeter(shape: str, width: float, height: float) -> float:
+    """Outline length of the ideal shape in its box, pixels."""
+    if shape == "circle":  # Ramanujan's approximation for an ellipse
+        a, b = width / 2, height / 2
+        return math.pi * (3 * (a + b) - math.sqrt((3 * a + b) * (a + 3 * b)))
+    if shape == "square":
+        return 2 * (width + height)
+    return width + 2 * math.hypot(width / 2, height)
+
+
+def _fuzziness(alpha: np.ndarray) -> float:
+    """How much of the coverage is neither in nor out: sum(min(alpha, 1 - alpha)); a crisp edge has little."""
+    return float(np.minimum(alpha, 1.0 - alpha).sum())
 
 
 class ShapesDetector(DetectorBackend):
@@ -160,6 +179,10 @@ class ShapesDetector(DetectorBackend):
         # every pixel belongs to its nearest component, so a neighbour's antialiased edge is not read as this one's
         _, (near_y, near_x) = ndimage.distance_transform_edt(all_components == 0, return_indices=True)
         nearest = all_components[near_y, near_x]
+        # an edge pixel touching two objects is read for neither (its coverage is shared in unknown proportions)
+        highest = ndimage.maximum_filter(all_components, size=3)
+        lowest = ndimage.minimum_filter(np.where(all_components > 0, all_components, np.iinfo(np.int32).max), size=3)
+        nearest[(all_components == 0) & (highest > 0) & (lowest < highest)] = 0
         detections = []
         for k, mask, component_id in candidates:
             detection = self._classify(k, mask, component_id, alpha[k], residual[k], nearest)
@@ -179,7 +202,9 @@ class ShapesDetector(DetectorBackend):
         y0, y1, x0, x1 = window
         soft = alpha[y0:y1, x0:x1].copy()
         soft[residual[y0:y1, x0:x1] > config.max_residual] = 0.0  # off-colour pixels are holes
-        soft[nearest[y0:y1, x0:x1] != component_id] = 0.0  # pixels nearer another object are not this one
+        owner = nearest[y0:y1, x0:x1]
+        soft[owner != component_id] = 0.0  # pixels nearer another object are not this one
+        shared = owner == 0  # edge pixels shared with another object: read for neither
         mass = soft.sum()
         if mass <= 0:
             return None
@@ -189,6 +214,7 @@ class ShapesDetector(DetectorBackend):
         var_x = float((soft * (xs + 0.5 - cx) ** 2).sum() / mass)
         var_y = float((soft * (ys + 0.5 - cy) ** 2).sum() / mass)
         scores: dict[str, float] = {}
+        fuzz: dict[str, float] = {}  # edge fuzziness beyond the template's, per pixel of outline
         boxes: dict[str, tuple[float, float, float, float]] = {}
         aspects: dict[str, float] = {}
         for shape in SHAPES:
@@ -209,7 +235,9 @@ class ShapesDetector(DetectorBackend):
                 scores[shape] = 0.0
                 continue
             template = _coverage(shape, cx, box_cy, w, h, window, config.supersample)
+            template[shared] = 0.0
             scores[shape] = _soft_iou(soft, template)
+            fuzz[shape] = (_fuzziness(soft) - _fuzziness(template)) / _perimeter(shape, w, h)
             boxes[shape] = (cx - w / 2, box_cy - h / 2, cx + w / 2, box_cy + h / 2)
             aspects[shape] = abs(math.log((h / w) / canonical))
         ranked = sorted(scores, key=scores.get, reverse=True)
@@ -220,7 +248,8 @@ class ShapesDetector(DetectorBackend):
         separation = np.clip((scores[shape] - scores[runner_up]) / config.margin_clean, 0.0, 1.0)
         excess = max(aspects[shape] - config.aspect_tolerance, 0.0)
         regularity = np.clip(1.0 - excess / (config.max_aspect_error - config.aspect_tolerance), 0.0, 1.0)
-        confidence = float(fit * separation * regularity)
+        sharpness = np.clip((config.fuzz_reject - fuzz[shape]) / (config.fuzz_reject - config.fuzz_clean), 0.0, 1.0)
+        confidence = float(fit * separation * regularity * sharpness)
         bx0, by0, bx1, by1 = boxes[shape]
         box = (max(bx0, 0.0), max(by0, 0.0), min(bx1, float(width)), min(by1, float(height)))
         return Detection(class_name=shape, confidence=confidence, box=box, mask=mask, color=self._names[k])
