@@ -49,6 +49,7 @@ class DataConfig:
     prompt_file: str | None = knob(None, "training prompts: .txt (one per line) or .jsonl ({'prompt':..., metadata...}); empty = the model's built-in prompts")
     eval_prompt_file: str | None = knob(None, "held-out prompts for evaluation (same formats); empty = no evaluation unless the model has built-in ones")
     groups_per_epoch: int = knob(48, "prompt groups sampled per epoch, over all ranks (Flow-GRPO: 48); must divide by the world size")
+    groups_per_rollout: int = knob(1, "prompt groups sampled per rollout call; each call's images are scored while the next call samples")
     eval_num_prompts: int = knob(16, "held-out prompts evaluated each evaluation (first N of the eval file), count")
 
 
@@ -57,7 +58,7 @@ class AlgorithmConfig:
     """The GRPO variant and its sampling knobs (empty = the algorithm's default from docs/algorithms.md)."""
 
     algo: str = knob("flow_grpo", "algorithm: flow_grpo | flow_grpo_fixed | tempflow | pave")
-    group_size: int = knob(24, "G: images (or seeds, for branched algorithms) per prompt group")
+    group_size: int | None = knob(None, "G: images per prompt group (Flow-GRPO: 24; branched algorithms use their own options)")
     num_steps: int | None = knob(None, "N: sampling steps of a rollout (Flow-GRPO: 10)")
     eval_num_steps: int = knob(40, "steps of the deterministic (a=0) evaluation sampler")
     guidance_scale: float | None = knob(None, "classifier-free guidance scale during sampling and training (SD3.5: 4.5; 1 = off)")
