@@ -121,3 +121,9 @@ class ToyFlowModel(FlowModel):
     def nfe(self) -> int:
         """Forward rows evaluated so far, CFG counted twice."""
         return sum(e.rows * (2 if e.guidance_scale > 1.0 else 1) for e in self.evaluations)
+
+
+def toy_reward(images: torch.Tensor) -> torch.Tensor:
+    """An analytic in-process reward on uint8 images [M, H, W, 3]: red minus blue brightness, in [-1, 1]."""
+    rgb = images.float() / 255.0
+    return (rgb[..., 0] - rgb[..., 2]).mean(dim=(1, 2))
