@@ -28,7 +28,7 @@ from trainer.algorithms.base import RewardQuery
 from trainer.rewards.mixer import group_normalize
 from trainer.rewards.reward_set import RewardSet
 from trainer.rewards.scoring_pool import RewardClient
-from trainer.rewards.service_client import RewardUnavailableError
+from trainer.rewards.service_client import RewardServiceError, RewardUnavailableError
 from trainer.rewards.spec import MixingMode, RetryPolicy, RewardSetConfig, RewardSpec
 
 BRIGHTNESS = "tests.support.test_scorers"
@@ -270,3 +270,36 @@ def test_hot_swapping_the_config_file_changes_the_next_mix(tmp_path, brightness,
     torch.testing.assert_close(second.mixed, 0.5 * brightness_of(query) + 3.0 * contrast_of(query),
                                rtol=1e-5, atol=1e-7)
     assert set(second.contributions) == {"brightness", "contrast"}
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    """A service that needs a bearer key and accepts only images of at most 16 pixels."""
+    with running_service(BRIGHTNESS, "--api-key", "s3cret", "--max-image-pixels", "16") as service:
+        yield service
+
+
+def test_the_api_key_is_sent_as_a_bearer_token(guarded):
+    with client_for(RewardSpec(name="brightness", urls=[guarded.url], api_key="s3cret")) as client:
+        query = make_query(2)
+        query.images = query.images[:, :4, :4].contiguous()
+        mixed = client.score(query)
+    torch.testing.assert_close(mixed.mixed, brightness_of(query), rtol=1e-6, atol=0)
+
+
+def test_a_wrong_api_key_fails_at_once_naming_the_status(guarded):
+    with client_for(RewardSpec(name="brightness", urls=[guarded.url], api_key="wrong")) as client:
+        with pytest.raises(RewardServiceError, match=r"reward 'brightness'.*answered 401: unauthorised"):
+            client.score(make_query(2))
+
+
+def test_a_request_the_service_rejects_is_not_retried_and_names_the_reason(guarded):
+    with client_for(RewardSpec(name="brightness", urls=[guarded.url], api_key="s3cret")) as client:
+        with pytest.raises(RewardServiceError, match=r"answered 422: image_too_large: items\[0\]"):
+            client.score(make_query(2))  # 8x8 images: 64 pixels > 16, so no item is usable
+    assert metric(guarded.url, "reward_request_duration_seconds_count", status="422") == 1
+
+
+def test_the_api_key_never_appears_in_repr_or_dumps():
+    spec = RewardSpec(name="a", urls=["http://a:1"], api_key="s3cret")
+    assert "s3cret" not in repr(spec) and "s3cret" not in str(spec.model_dump())

@@ -163,7 +163,7 @@ class RewardServiceClient:
         if response.status_code != 200:
             raise _RetryableStatus(response) if response.status_code in RETRYABLE_STATUS else \
                 RewardServiceError(f"reward {self.spec.name!r}: GET {replica.url}/v1/info answered "
-                                   f"{response.status_code}: {response.text[:300]}")
+                                   f"{response.status_code}: {_error_text(response)}")
         replica.info = _parse_model_info(response)
 
     async def _attempt(self, body: bytes | None, replica: _Replica) -> httpx.Response | None:

@@ -46,7 +46,8 @@ class RewardSpec(BaseModel):
     name: str = Field(min_length=1)  # key in logs and in the mix, e.g. "pickscore"; unique within a run
     urls: tuple[str, ...] = Field(min_length=1)  # base URLs of replicas, e.g. "http://10.0.0.5:8000"
     weight: float = 1.0  # multiplier of this reward in the weighted sum (may be 0 to log only, or negative)
-    api_key: str | None = None  # bearer token sent as `Authorization: Bearer ...`; None = no auth header
+    # bearer token sent as `Authorization: Bearer ...`; None = no auth header. Never printed or dumped.
+    api_key: str | None = Field(None, repr=False, exclude=True)
     api_key_env: str | None = None  # name of an environment variable holding the token (keeps it out of files)
     timeout_s: float | None = Field(None, gt=0)  # one HTTP request's timeout, seconds; None = RetryPolicy's
     max_in_flight: int = Field(4, ge=1)  # concurrent requests per replica (more chunks wait their turn)
