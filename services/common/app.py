@@ -221,6 +221,7 @@ def create_app(scorer: Scorer, settings: ServiceSettings | None = None, *, setup
         fmt_in = wire_format_of(request.headers.get("content-type"))
         fmt_out = reply_format(request.headers.get("accept"), fmt_in)
         state.in_flight += 1
+        state.metrics.in_flight.inc()
         status = 200
         try:
             if not authorised(request):
@@ -252,6 +253,7 @@ def create_app(scorer: Scorer, settings: ServiceSettings | None = None, *, setup
                           fmt_out, 503, {"Retry-After": "1"})
         finally:
             state.in_flight -= 1
+            state.metrics.in_flight.dec()
             state.metrics.request_seconds.labels(str(status)).observe(time.monotonic() - started)
 
     async def _score(request: Request, fmt_in: str | None, started: float

@@ -83,13 +83,24 @@ def encode_message(message: Message, fmt: str) -> bytes:
     return json_format.MessageToJson(message, indent=None).encode()
 
 
-def _field_from_parse_error(error: Exception, prefix: str) -> tuple[str, str]:
-    """Turn json_format's "Failed to parse a field: Failed to parse b field: why" into ("prefix.a.b", why)."""
+def _field_from_parse_error(error: Exception, prefix: str, document: Any) -> tuple[str, str]:
+    """Turn json_format's "Failed to parse a field: Failed to parse b field: why" into ("prefix.a.b", why).
+
+    json_format leaves out some levels (e.g. the oneof member `raw`), so each name is looked up in the document
+    and a level it skipped is filled in from the document's keys."""
     text = str(error)
     names = _PARSE_CHAIN.findall(text)
     reason = _PARSE_CHAIN.sub("", text).rstrip(".")
-    path = ".".join([prefix, *names]) if prefix else ".".join(names)
-    return path, reason
+    parts, node = ([prefix] if prefix else []), document
+    for name in names:
+        if isinstance(node, dict) and name not in node:
+            skipped = next((key for key, child in node.items() if isinstance(child, dict) and name in child), None)
+            if skipped is not None:
+                parts.append(skipped)
+                node = node[skipped]
+        parts.append(name)
+        node = node.get(name) if isinstance(node, dict) else None
+    return ".".join(parts), reason
 
 
 def _check_base64(item: Any, index: int) -> None:
@@ -128,14 +139,14 @@ def parse_score_request(body: bytes, fmt: str) -> reward_pb2.ScoreRequest:
     try:
         json_format.ParseDict(document, request)
     except json_format.ParseError as error:
-        field, reason = _field_from_parse_error(error, "")
+        field, reason = _field_from_parse_error(error, "", document)
         raise RequestError(400, "invalid_request", f"{field or 'body'}: {reason}", field) from error
     for index, item in enumerate(items):
         _check_base64(item, index)
         try:
             json_format.ParseDict(item, request.items.add())
         except json_format.ParseError as error:
-            field, reason = _field_from_parse_error(error, f"items[{index}]")
+            field, reason = _field_from_parse_error(error, f"items[{index}]", item)
             raise RequestError(400, "invalid_request", f"{field}: {reason}", field) from error
     return request
 

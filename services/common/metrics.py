@@ -1,7 +1,7 @@
 """Prometheus metrics of a reward service, on a registry of its own (so several apps can live in one process).
 
 Exposed at GET /metrics: request, queue and inference durations, batch size, queue depth, items by outcome and
-rejections by reason. The per-request queue/compute times also go out as `x-queue-time` / `x-compute-time` headers
+requests in flight and rejections by reason. The per-request queue/compute times also go out as `x-queue-time` / `x-compute-time` headers
 (milliseconds).
 """
 from __future__ import annotations
@@ -34,6 +34,8 @@ class ServiceMetrics:
             buckets=_BATCH_ITEMS, registry=self.registry)
         self.queue_depth = Gauge(
             "reward_queue_depth_items", "Items admitted and waiting for a forward.", registry=self.registry)
+        self.in_flight = Gauge(
+            "reward_requests_in_flight", "Score requests being handled now.", registry=self.registry)
         self.items = Counter(
             "reward_items_total", "Items answered, by outcome (scored, item_error).",
             ["outcome"], registry=self.registry)
