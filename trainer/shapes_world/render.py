@@ -36,7 +36,8 @@ class RenderConfig:
     gap: float = 2.0  # minimum distance between two shape boxes, pixels
     margin: float = 1.0  # minimum distance between a shape box and the image border, pixels
     supersample: int = 4  # sub-pixels per pixel side when rasterising
-    max_tries: int = 400  # placement attempts per scene before shrinking the shapes
+    max_tries: int = 200  # layout redraws per scene before shrinking the shapes
+    candidates_per_shape: int = 32  # random positions tried per shape within one layout draw
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,15 @@ class Scene:
 
 
 def coverage(cls: str, placement: Placement, image_size: int, supersample: int) -> np.ndarray:
-    """Fraction in [0, 1] of each pixel covered by the shape: [H, W] float32."""
-    n = image_size * supersample
-    coords = (np.arange(n, dtype=np.float32) + 0.5) / supersample  # sub-pixel centres in pixel units
-    x = coords[None, :]
-    y = coords[:, None]
+    """Fraction in [0, 1] of each pixel covered by the shape: [H, W] float32 (rasterised only inside its box)."""
+    x0, y0, x1, y1 = placement.box
+    px0, py0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+    px1, py1 = min(int(np.ceil(x1)), image_size), min(int(np.ceil(y1)), image_size)
+    cov = np.zeros((image_size, image_size), dtype=np.float32)
+    if px1 <= px0 or py1 <= py0:
+        return cov
+    x = (np.arange(px0 * supersample, px1 * supersample, dtype=np.float32) + 0.5)[None, :] / supersample
+    y = (np.arange(py0 * supersample, py1 * supersample, dtype=np.float32) + 0.5)[:, None] / supersample
     h = placement.size / 2
     dx, dy = x - placement.cx, y - placement.cy
     if cls == "circle":
@@ -96,7 +101,8 @@ def coverage(cls: str, placement: Placement, image_size: int, supersample: int) 
         inside = (dy <= h) & (dy >= -h) & (np.abs(dx) <= (dy + h) / 2)
     else:
         raise ValueError(f"unknown class {cls!r}; expected one of {CLASSES}")
-    cov = inside.astype(np.float32).reshape(image_size, supersample, image_size, supersample).mean(axis=(1, 3))
+    cov[py0:py1, px0:px1] = inside.astype(np.float32).reshape(
+        py1 - py0, supersample, px1 - px0, supersample).mean(axis=(1, 3))
     return cov
 
 
@@ -115,17 +121,25 @@ def draw(specs: Sequence[ShapeSpec], placements: Sequence[Placement], config: Re
     return Scene(np.clip(np.rint(image), 0, 255).astype(np.uint8), objects)
 
 
-def _separated(a: Placement, b: Placement, gap: float) -> bool:
-    ax0, ay0, ax1, ay1 = a.box
-    bx0, by0, bx1, by1 = b.box
-    return ax1 + gap <= bx0 or bx1 + gap <= ax0 or ay1 + gap <= by0 or by1 + gap <= ay0
+def _first_separated(centres: np.ndarray, size: float, layout: list[Placement], gap: float) -> int | None:
+    """Index of the first candidate centre ([K, 2]) whose box keeps `gap` from every placed box, or None."""
+    ok = np.ones(len(centres), dtype=bool)
+    h = size / 2
+    for other in layout:
+        ox0, oy0, ox1, oy1 = other.box
+        cx, cy = centres[:, 0], centres[:, 1]
+        ok &= (cx + h + gap <= ox0) | (ox1 + gap <= cx - h) | (cy + h + gap <= oy0) | (oy1 + gap <= cy - h)
+    hits = np.flatnonzero(ok)
+    return int(hits[0]) if len(hits) else None
 
 
 def place(n: int, rng: np.random.Generator, config: RenderConfig = RenderConfig(),
           accept: Callable[[list[Placement]], bool] | None = None) -> list[Placement]:
     """Sample n non-overlapping placements; `accept` (optional) must also hold for the whole layout.
 
-    Rejection sampling; if no layout is found in `max_tries` attempts the largest size shrinks towards the smallest."""
+    Shapes are placed one at a time, each at the first of `candidates_per_shape` uniform positions that keeps its
+    distance from those already placed; a layout that cannot be completed or is not accepted is redrawn. After
+    `max_tries` redraws the largest size shrinks towards the smallest."""
     lo = config.min_size_fraction * config.image_size
     hi = config.max_size_fraction * config.image_size
     for _ in range(8):
@@ -135,11 +149,11 @@ def place(n: int, rng: np.random.Generator, config: RenderConfig = RenderConfig(
                 s = float(rng.uniform(lo, hi))
                 low = config.margin + s / 2
                 high = config.image_size - config.margin - s / 2
-                cand = Placement(float(rng.uniform(low, high)), float(rng.uniform(low, high)), s)
-                if all(_separated(cand, other, config.gap) for other in layout):
-                    layout.append(cand)
-                else:
+                centres = rng.uniform(low, high, size=(config.candidates_per_shape, 2))
+                k = _first_separated(centres, s, layout, config.gap)
+                if k is None:
                     break
+                layout.append(Placement(float(centres[k, 0]), float(centres[k, 1]), s))
             if len(layout) == n and (accept is None or accept(layout)):
                 return layout
         hi = lo + 0.5 * (hi - lo)
