@@ -142,7 +142,23 @@ def test_advantages_use_the_branches_at_the_same_step_with_sample_std():
 
 def test_anchor_images_are_scored_and_logged_with_the_reward_matrix():
     algo, model, rollout, batch = _pave()
-    assert [b["branch_step"] for b in rollout.query.branch[:2]] == [-1, -1]
-    assert rollout.query.branch[2 + 4 + 1] == {"group_id": 0, "seed": 0, "branch_step": 2, "sample_id": 1}
+    per_seed = 1 + 2 * 4  # the anchor, then |K| x G branches
+    assert [rollout.query.branch[i]["branch_step"] for i in (0, per_seed)] == [-1, -1]
+    assert rollout.query.branch[1 + 4 + 1] == {"group_id": 0, "seed": 0, "branch_step": 2, "sample_id": 1}
+    assert rollout.query.branch[per_seed + 1] == {"group_id": 1, "seed": 0, "branch_step": 0, "sample_id": 0}
     assert "reward/anchor_mean" in batch.metrics
     assert {"reward_by_step/k0_mean", "reward_by_step/k2_std"} <= set(batch.metrics)
+
+
+def test_rollouts_of_prompt_chunks_concatenate_into_the_batch_of_their_union():
+    algo = build_algorithm("pave", dict(num_steps=8, num_branches=4, branch_steps=(0, 2)))
+    model = ToyFlowModel()
+    parts = [algo.rollout(model, [p], [None], torch.Generator().manual_seed(i)) for i, p in enumerate(PROMPTS)]
+    joined = algo.concat_rollouts(parts)
+    rewards = [10 * toy_reward(r.query.images) for r in parts]
+    batch = algo.prepare_training(joined, torch.cat(rewards), local_gather)
+    for i, part in enumerate(parts):
+        alone = algo.prepare_training(part, rewards[i], local_gather)
+        assert torch.allclose(batch.advantages[i], alone.advantages[0])
+        assert torch.equal(batch.branch_next[i], alone.branch_next[0])
+    assert joined.query.prompts[9] == PROMPTS[1] and int(joined.seed_prompt[1]) == 1

@@ -207,3 +207,18 @@ def test_branch_step_subset_option_branches_only_there_with_weights_averaging_on
     assert rollout.query.images.shape[0] == 4 * 2 * 3
     assert {b["branch_step"] for b in rollout.query.branch} == {0, 3}
     assert abs(float(algo.weights.mean()) - 1) < 1e-6
+
+
+def test_rollouts_of_prompt_chunks_concatenate_into_the_batch_of_their_union():
+    algo = build_algorithm("tempflow", dict(num_steps=5, seeds_per_prompt=2, num_branches=3, guidance_scale=3.0))
+    model = ToyFlowModel()
+    parts = [algo.rollout(model, [p], [None], torch.Generator().manual_seed(i)) for i, p in enumerate(PROMPTS)]
+    joined = algo.concat_rollouts(parts)
+    rewards = [toy_reward(r.query.images) for r in parts]
+    batch = algo.prepare_training(joined, torch.cat(rewards), local_gather)
+    for i, part in enumerate(parts):
+        alone = algo.prepare_training(part, rewards[i], local_gather)
+        assert torch.allclose(batch.advantages[2 * i:2 * i + 2], alone.advantages)
+    assert batch.seed_prompt.tolist() == [0, 0, 1, 1]
+    unit = next(iter(algo.training_units(batch, torch.Generator())))
+    assert torch.isfinite(algo.loss(model, unit)[0])

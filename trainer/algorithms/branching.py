@@ -96,3 +96,15 @@ def branched_rollout(model: FlowModel, cond: Conditioning, x_init: torch.Tensor,
     return BranchedTrajectories(anchor_states=torch.stack(anchor_states, dim=1), branch_next=branch_next,
                                 branch_log_prob=branch_log_prob, branch_final=branch_final,
                                 anchor_final=anchor_x if anchor_steps == num_steps else None, nfe=nfe)
+
+
+def concat_trajectories(parts: list[BranchedTrajectories]) -> BranchedTrajectories:
+    """Several rollouts' trajectories as one, seeds concatenated in order (same K, B and schedule)."""
+    anchors = [p.anchor_final for p in parts]
+    return BranchedTrajectories(
+        anchor_states=torch.cat([p.anchor_states for p in parts]),
+        branch_next=torch.cat([p.branch_next for p in parts]),
+        branch_log_prob=torch.cat([p.branch_log_prob for p in parts]),
+        branch_final=torch.cat([p.branch_final for p in parts]),
+        anchor_final=None if any(a is None for a in anchors) else torch.cat(anchors),
+        nfe=sum(p.nfe for p in parts))

@@ -29,13 +29,14 @@ from typing import Iterator, Literal
 
 import torch
 
-from trainer.advantages import Gather, clamp_advantages, group_advantages, local_gather
+from trainer.advantages import Gather, clamp_advantages, group_advantages, local_gather, stable_group_key
 from trainer.algorithms.base import Algorithm, Cost, RewardQuery, Rollout
 from trainer.algorithms.branch_units import BranchedBatch, BranchStepUnit, branch_step_unit
-from trainer.algorithms.branching import BranchedTrajectories, branched_rollout
+from trainer.algorithms.branching import BranchedTrajectories, branched_rollout, concat_trajectories
 from trainer.algorithms.model_calls import nfe_per_sample
 from trainer.algorithms.reward_matrix import reward_by_step_metrics
 from trainer.models.base import Conditioning, FlowModel
+from trainer.rollout_merge import concat_conditionings, concat_queries
 from trainer.sampling.schedule import uniform_shifted_sigmas
 from trainer.sampling.sde_step import sde_step_mean
 
@@ -152,29 +153,41 @@ class PaveGRPO(Algorithm):
                                 cfg.guidance_scale, anchor_steps=cfg.num_steps, generator=generator,
                                 max_rows=cfg.rollout_batch_size)
         self.cost.sampling_nfe += traj.nfe
-        images = model.decode(torch.cat([traj.anchor_final, traj.branch_final.flatten(0, 2)]))
+        rollout_uid = int(torch.randint(0, 2**62, (1,), generator=generator))
+        # image order, per seed: its anchor, then its branches (k-major, then g)
+        per_seed = torch.cat([traj.anchor_final.unsqueeze(1), traj.branch_final.flatten(1, 2)], dim=1)
+        images = model.decode(per_seed.flatten(0, 1))
         self.cost.reward_images += images.shape[0]
-        seeds = seed_prompt.tolist()
-        branch = [{"group_id": p, "seed": s % cfg.seeds_per_prompt, "branch_step": -1, "sample_id": 0}
-                  for s, p in enumerate(seeds)]
-        group = list(range(len(seeds)))  # each anchor alone: its reward is only logged
-        for s, p in enumerate(seeds):
-            for slot, k in enumerate(K):
-                branch += [{"group_id": p, "seed": s % cfg.seeds_per_prompt, "branch_step": k, "sample_id": g}
-                           for g in range(G)]
-                group += [len(seeds) + s * len(K) + slot] * G
-        item_prompt = seeds + [p for p in seeds for _ in range(len(K) * G)]
+        branch, group, item_prompt = [], [], []
+        for s, p in enumerate(seed_prompt.tolist()):
+            seed = s % cfg.seeds_per_prompt
+            branch.append({"group_id": p, "seed": seed, "branch_step": -1, "sample_id": 0})
+            group.append(stable_group_key(prompts[p], rollout_uid, s, "anchor"))  # alone: only logged
+            for k in K:
+                branch += [{"group_id": p, "seed": seed, "branch_step": k, "sample_id": g} for g in range(G)]
+                group += [stable_group_key(prompts[p], rollout_uid, s, k)] * G
+            item_prompt += [p] * (1 + len(K) * G)
         query = RewardQuery(images=images, prompts=[prompts[p] for p in item_prompt],
                             metadata=[metadata[p] for p in item_prompt], branch=branch,
                             group=torch.tensor(group, dtype=torch.int64))
         return PaveRollout(query=query, trajectories=traj, seed_prompt=seed_prompt, prompt_cond=prompt_cond)
+
+    def concat_rollouts(self, rollouts: list[PaveRollout]) -> PaveRollout:
+        """Rollouts of several prompt chunks as one (seeds concatenated; the loop's chunked sampling)."""
+        offsets = torch.cumsum(torch.tensor([0] + [len(r.prompt_cond) for r in rollouts[:-1]]), 0)
+        return PaveRollout(
+            query=concat_queries([r.query for r in rollouts]),
+            trajectories=concat_trajectories([r.trajectories for r in rollouts]),
+            seed_prompt=torch.cat([r.seed_prompt + int(o) for r, o in zip(rollouts, offsets)]),
+            prompt_cond=concat_conditionings([r.prompt_cond for r in rollouts]))
 
     def prepare_training(self, rollout: PaveRollout, rewards: torch.Tensor, gather: Gather) -> BranchedBatch:
         """Seed groups are local, so `gather` is not needed (the code normalizes per prompt per GPU)."""
         cfg = self.config
         S, G, K = len(rollout.seed_prompt), cfg.num_branches, self.branch_steps
         rewards = rewards.float()
-        anchor_rewards, reward_grid = rewards[:S], rewards[S:].reshape(S, len(K), G)
+        per_seed = rewards.reshape(S, 1 + len(K) * G)
+        anchor_rewards, reward_grid = per_seed[:, 0], per_seed[:, 1:].reshape(S, len(K), G)
         matrix = reward_grid.permute(0, 2, 1).reshape(S * G, len(K))
         adv = group_advantages(matrix, torch.arange(S).repeat_interleave(G), local_gather, global_std=False,
                                eps=cfg.adv_eps, ddof=1)

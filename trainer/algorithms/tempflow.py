@@ -28,12 +28,13 @@ from trainer.advantages import (Gather, clamp_advantages, group_advantages, loca
 from trainer.algorithms.base import Algorithm, Cost, RewardQuery, Rollout
 from trainer.algorithms.branch_units import (BranchedBatch, BranchStepUnit, branch_step_unit,
                                              duplicated_transition_unit)
-from trainer.algorithms.branching import BranchedTrajectories, branched_rollout
+from trainer.algorithms.branching import BranchedTrajectories, branched_rollout, concat_trajectories
 from trainer.algorithms.model_calls import nfe_per_sample
 from trainer.algorithms.reward_matrix import reward_by_step_metrics
 from trainer.algorithms.transition_loss import TransitionLossSettings, TransitionUnit, transition_loss
 from trainer.models.base import Conditioning, FlowModel
 from trainer.policy_loss import clipped_surrogate
+from trainer.rollout_merge import concat_conditionings, concat_queries
 from trainer.sampling.kl import kl_to_reference
 from trainer.sampling.schedule import num_trained_steps, sd3_sigmas
 from trainer.sampling.sde_step import gaussian_log_prob, sde_sigma_tilde, sde_step_mean
@@ -154,6 +155,18 @@ class TempFlowGRPO(Algorithm):
                             group=torch.tensor(group, dtype=torch.int64))
         return TempFlowRollout(query=query, trajectories=traj, branch_steps=K, seed_prompt=seed_prompt,
                                prompt_keys=prompt_keys, prompt_cond=prompt_cond, rollout_uid=rollout_uid)
+
+    def concat_rollouts(self, rollouts: list[TempFlowRollout]) -> TempFlowRollout:
+        """Rollouts of several prompt chunks as one (seeds concatenated; the loop's chunked sampling)."""
+        offsets = torch.cumsum(torch.tensor([0] + [len(r.prompt_cond) for r in rollouts[:-1]]), 0)
+        return TempFlowRollout(
+            query=concat_queries([r.query for r in rollouts]),
+            trajectories=concat_trajectories([r.trajectories for r in rollouts]),
+            branch_steps=rollouts[0].branch_steps,
+            seed_prompt=torch.cat([r.seed_prompt + int(o) for r, o in zip(rollouts, offsets)]),
+            prompt_keys=torch.cat([r.prompt_keys for r in rollouts]),
+            prompt_cond=concat_conditionings([r.prompt_cond for r in rollouts]),
+            rollout_uid=rollouts[0].rollout_uid)
 
     def prepare_training(self, rollout: TempFlowRollout, rewards: torch.Tensor, gather: Gather) -> BranchedBatch:
         cfg = self.config
