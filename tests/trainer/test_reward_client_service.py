@@ -303,3 +303,23 @@ def test_a_request_the_service_rejects_is_not_retried_and_names_the_reason(guard
 def test_the_api_key_never_appears_in_repr_or_dumps():
     spec = RewardSpec(name="a", urls=["http://a:1"], api_key="s3cret")
     assert "s3cret" not in repr(spec) and "s3cret" not in str(spec.model_dump())
+
+
+def test_a_dead_replica_is_avoided_and_the_live_one_serves_every_chunk(brightness):
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    before = metric(brightness.url, "reward_request_duration_seconds_count", status="200")
+    retry = RetryPolicy(initial_backoff_s=0.5, max_backoff_s=2.0, deadline_s=30.0)
+    with client_for(RewardSpec(name="brightness", urls=[dead_url, brightness.url]), retry=retry) as client:
+        query = make_query(12)
+        mixed = client.score(query)
+    torch.testing.assert_close(mixed.mixed, brightness_of(query), rtol=1e-6, atol=0)
+    assert metric(brightness.url, "reward_request_duration_seconds_count", status="200") - before == 4
+    assert mixed.service_stats["brightness"]["retries"] <= 2  # the dead replica cools down after failing
+
+
+def test_a_reward_slower_than_its_timeout_is_retried_then_reported_unavailable():
+    with running_service(BRIGHTNESS, "--forward-sleep-ms", "600") as slow:
+        retry = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.2, deadline_s=1.5)
+        with client_for(RewardSpec(name="slow", urls=[slow.url], timeout_s=0.2), retry=retry) as client:
+            with pytest.raises(RewardUnavailableError, match=r"reward 'slow' is unavailable .*(Timeout|HTTP 504)"):
+                client.score(make_query(2))

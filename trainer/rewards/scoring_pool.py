@@ -65,7 +65,10 @@ class RewardClient:
         """Start scoring `query` with the current reward set; returns at once."""
         if self._closed:
             raise RuntimeError("RewardClient is closed")
-        images = np.ascontiguousarray(query.images.detach().cpu().numpy(), dtype=np.uint8).copy()
+        if query.images.dtype != torch.uint8 or query.images.ndim != 4:
+            raise ValueError(f"RewardQuery.images must be uint8 [M, H, W, C], got {query.images.dtype} "
+                             f"{tuple(query.images.shape)}")
+        images = np.ascontiguousarray(query.images.detach().cpu().numpy()).copy()
         snapshot = _QuerySnapshot(images=images, prompts=list(query.prompts), metadata=list(query.metadata),
                                   branch=list(query.branch), group=query.group.detach().cpu().clone())
         if not (len(images) == len(snapshot.prompts) == len(snapshot.metadata) == len(snapshot.branch)
@@ -98,6 +101,10 @@ class RewardClient:
         self._closed = True
 
         async def shutdown() -> None:
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             if self._http is not None:
                 await self._http.aclose()
 

@@ -4,7 +4,9 @@ Per reward:
 - `/v1/info` is read once per (re)connection of each replica (again after a connection error or a 503), and the
   query is chunked to the smallest `max_batch_items` (and `max_request_items`) the replicas reported.
 - Chunks go out concurrently as raw-uint8 protobuf (trainer.rewards.wire); each picks the least-busy replica
-  (fewest requests in flight, ties round-robin) and at most `max_in_flight` requests run per replica.
+  (fewest requests in flight, ties round-robin) among the replicas not cooling down after a failure, and at most
+  `max_in_flight` requests run per replica. A replica that failed is avoided for a backoff that grows with its
+  consecutive failures, so a dead replica does not attract the traffic as the "least busy" one.
 - 429 (honouring Retry-After), 502, 503, 504, timeouts and connection errors are retried with capped exponential
   backoff and jitter (trainer.rewards.backoff) until the policy's deadline, moving to the next replica each time;
   then `RewardUnavailableError` names the reward, its URLs and the last error. Any other non-2xx reply is a
@@ -68,6 +70,8 @@ class _Replica:
     slots: asyncio.Semaphore  # bounds the requests in flight to this replica
     in_flight: int = 0  # requests picked for this replica and not yet finished (waiting for a slot included)
     info: reward_pb2.ModelInfo | None = None  # /v1/info of the current connection; None = read it before use
+    failures: int = 0  # consecutive failed attempts on this replica (0 after a success)
+    retry_at: float = 0.0  # loop time before which this replica is avoided when another is available
 
 
 @dataclass
@@ -127,7 +131,14 @@ class RewardServiceClient:
             body, _ = await self._with_retries(request.SerializeToString(), deadline, attempts)
             return parse_score_response(body, self.spec.name, start, stop - start)
 
-        chunks = await asyncio.gather(*(score_chunk(s) for s in starts))
+        tasks = [asyncio.ensure_future(score_chunk(s)) for s in starts]
+        try:
+            chunks = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one chunk failed: the step fails, so stop retrying the others
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         values = np.concatenate([c.values for c in chunks]) if chunks else np.zeros(0)
         components: dict[str, np.ndarray] = {}
         for start, part in zip(starts, chunks):
@@ -153,10 +164,23 @@ class RewardServiceClient:
         return max(1, min(limits, default=max(count, 1)))
 
     def _pick(self) -> _Replica:
-        """Least-busy replica; ties go round-robin so idle replicas share the load."""
-        turn = next(self._turn)
-        order = self._replicas[turn % len(self._replicas):] + self._replicas[:turn % len(self._replicas)]
-        return min(order, key=lambda r: r.in_flight)
+        """Least-busy healthy replica (ties round-robin); if all are cooling down, the one that recovers first."""
+        turn = next(self._turn) % len(self._replicas)
+        order = self._replicas[turn:] + self._replicas[:turn]
+        now = asyncio.get_running_loop().time()
+        healthy = [r for r in order if r.retry_at <= now]
+        if not healthy:
+            return min(order, key=lambda r: r.retry_at)
+        return min(healthy, key=lambda r: r.in_flight)
+
+    def _mark(self, replica: _Replica, ok: bool, retry_after: float | None = None) -> None:
+        """Record the outcome of an attempt on a replica (for _pick's cool-down; Retry-After extends it)."""
+        if ok:
+            replica.failures, replica.retry_at = 0, 0.0
+            return
+        cool_down = max(backoff_s(self.policy, replica.failures, self._rng), retry_after or 0.0)
+        replica.retry_at = asyncio.get_running_loop().time() + cool_down
+        replica.failures += 1
 
     async def _read_info(self, replica: _Replica) -> None:
         response = await self._http.get(f"{replica.url}/v1/info", headers=self._headers, timeout=self._timeout)
@@ -201,8 +225,10 @@ class RewardServiceClient:
                 retry_after = retry_after_s(err.response.headers.get("retry-after"))
             else:
                 if response is None:
+                    self._mark(replica, ok=True)
                     return b"", replica
                 if response.status_code == 200:
+                    self._mark(replica, ok=True)
                     return response.content, replica
                 detail = _error_text(response)
                 if response.status_code not in RETRYABLE_STATUS:
@@ -212,9 +238,12 @@ class RewardServiceClient:
                     replica.info = None  # draining or restarting: read its info again when it is back
                 attempts.last_error = f"{replica.url}/v1/score: HTTP {response.status_code}: {detail}"
                 retry_after = retry_after_s(response.headers.get("retry-after"))
+            self._mark(replica, ok=False, retry_after=retry_after)
             wait = backoff_s(self.policy, failures, self._rng)
             if retry_after is not None:
                 wait = max(wait, retry_after)
+            if any(r.retry_at <= loop.time() for r in self._replicas):
+                wait = 0.0  # another replica is healthy: go there now (failing ones cool down, so this ends)
             failures += 1
             attempts.failed += 1
             if loop.time() + wait > deadline:
