@@ -73,8 +73,8 @@ def byte_level_tokenizer() -> Qwen2TokenizerFast:
 
 
 def tiny_config(tokenizer: Qwen2TokenizerFast, size: TinyHPSv3Size) -> Qwen2VLConfig:
-    head_dim = size.hidden // size.heads
-    quarter = head_dim // 4  # mrope splits head_dim / 2 rotary pairs into (temporal, height, width)
+    half = size.hidden // size.heads // 2  # rotary pairs per head
+    spatial = (3 * half) // 8  # M-RoPE splits them (temporal, height, width) like Qwen2-VL-7B's [16, 24, 24]
     ids = tokenizer.convert_tokens_to_ids
     return Qwen2VLConfig(
         text_config={
@@ -83,7 +83,7 @@ def tiny_config(tokenizer: Qwen2TokenizerFast, size: TinyHPSv3Size) -> Qwen2VLCo
             "num_attention_heads": size.heads, "num_key_value_heads": max(1, size.heads // 2),
             "max_position_embeddings": 4096,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0,
-                                "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter]},
+                                "mrope_section": [half - 2 * spatial, spatial, spatial]},
             "bos_token_id": ids("<|endoftext|>"), "eos_token_id": ids("<|im_end|>"),
         },
         vision_config={"depth": size.vision_depth, "embed_dim": size.vision_width, "hidden_size": size.hidden,

@@ -1,0 +1,169 @@
+"""Per-image service overhead against forward time, for each real scorer at tiny and ViT-B-like sizes.
+
+For each (reward, size): the scorer's forward is timed in this process (`score` over a batch of N images, median of
+R runs), then the same weights are served by the real `python -m services.<name>` process on 127.0.0.1 and the same
+N images are sent in one protobuf request (raw uint8 pixels, what the trainer sends), median of R requests. The
+overhead per image is (request time - forward time) / N: wire encoding, HTTP, decoding, queueing, batching, reply.
+Both run side by side in one run, on the same machine, so the ratio is what to read, not the absolute times.
+
+    .venv/bin/python -m bench.serving_scorers                   # pickscore + hpsv3 (main venv)
+    .venv-mmdet/bin/python -m bench.serving_scorers --only geneval-mmdet   # the mmdet venv adds geneval-mmdet
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from protos.reward.v1 import reward_pb2  # noqa: E402
+from services.common.scorer import Scorer, ScorerInput  # noqa: E402
+from tests.support.service_process import running_service  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@dataclass
+class Case:
+    """One scorer at one size."""
+
+    reward: str  # reward name
+    size: str  # "tiny" or "vit-b"
+    images: int  # N: images per request and per in-process batch
+    repeats: int  # R: timed runs of each kind
+    image_side: int  # side of the square test images, pixels
+    build: Callable[[Path], tuple[Scorer, str, list[str]]]  # dir -> (scorer, service module, service args)
+    metadata: dict | None = None  # request metadata (GenEval)
+
+
+def pickscore_case(directory: Path, vit_b: bool) -> tuple[Scorer, str, list[str]]:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from services.pickscore.scorer import PickScoreScorer
+    from services.pickscore.tiny_model import build_tiny_pickscore, tiny_clip_tokenizer
+
+    if vit_b:  # CLIP ViT-B/16 shapes (PickScore itself is ViT-H/14)
+        tokenizer = tiny_clip_tokenizer()
+        config = CLIPConfig(
+            text_config=dict(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                             num_attention_heads=8, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+            vision_config=dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072,
+                               num_hidden_layers=12, num_attention_heads=12), projection_dim=512)
+        CLIPModel(config).save_pretrained(directory)
+        CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer).save_pretrained(directory)
+    else:
+        build_tiny_pickscore(directory)
+    return (PickScoreScorer(model=str(directory), processor=str(directory), device="cpu"), "services.pickscore",
+            ["--model", str(directory), "--processor", str(directory), "--device", "cpu"])
+
+
+def hpsv3_case(directory: Path, vit_b: bool) -> tuple[Scorer, str, list[str]]:
+    from services.hpsv3.scorer import HPSv3Config, HPSv3Scorer
+    from services.hpsv3.tiny import TinyHPSv3Size, build_tiny_hpsv3
+
+    size = TinyHPSv3Size(hidden=768, layers=12, heads=12, vision_width=768, vision_depth=12, vision_heads=12) \
+        if vit_b else TinyHPSv3Size()
+    base, checkpoint = build_tiny_hpsv3(directory, size)
+    return (HPSv3Scorer(HPSv3Config(model=str(base), checkpoint=str(checkpoint), device="cpu")), "services.hpsv3",
+            ["--model", str(base), "--checkpoint", str(checkpoint), "--device", "cpu"])
+
+
+def geneval_mmdet_case(directory: Path, vit_b: bool) -> tuple[Scorer, str, list[str]]:
+    from services.geneval.mmdet_backend import MMDetBackend, MMDetBackendConfig
+    from services.geneval.mmdet_tiny import build_tiny_geneval_mmdet
+    from services.geneval.scorer import GenEvalScorer
+
+    config, checkpoint, clip = build_tiny_geneval_mmdet(directory, medium=vit_b)
+    backend = MMDetBackend(MMDetBackendConfig(config=str(config), checkpoint=str(checkpoint), clip_model=str(clip),
+                                              device="cpu"))
+    return (GenEvalScorer(backend), "services.geneval",
+            ["--detector", "mmdet", "--mmdet-config", str(config), "--mmdet-checkpoint", str(checkpoint),
+             "--clip-model", str(clip), "--mmdet-device", "cpu"])
+
+
+COLOUR_CLAUSE = {"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "red"}]}
+CASES = [
+    Case("pickscore", "tiny", 16, 5, 512, lambda d: pickscore_case(d, False)),
+    Case("pickscore", "vit-b", 8, 3, 512, lambda d: pickscore_case(d, True)),
+    Case("hpsv3", "tiny", 8, 5, 512, lambda d: hpsv3_case(d, False)),
+    Case("hpsv3", "vit-b", 4, 2, 512, lambda d: hpsv3_case(d, True)),
+    Case("geneval-mmdet", "tiny", 8, 3, 512, lambda d: geneval_mmdet_case(d, False), COLOUR_CLAUSE),
+    Case("geneval-mmdet", "vit-b", 4, 2, 512, lambda d: geneval_mmdet_case(d, True), COLOUR_CLAUSE),
+]
+
+
+def request_body(images: list[np.ndarray], metadata: dict | None) -> bytes:
+    request = reward_pb2.ScoreRequest()
+    for image in images:
+        item = request.items.add(prompt="a photo of a red dog")
+        item.image.raw.height, item.image.raw.width, item.image.raw.channels = image.shape
+        item.image.raw.pixels = image.tobytes()
+        if metadata is not None:
+            item.metadata.update(metadata)
+    return request.SerializeToString()
+
+
+def run_case(case: Case) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (case.image_side, case.image_side, 3), dtype=np.uint8) for _ in range(case.images)]
+    items = [ScorerInput(image=image, prompt="a photo of a red dog", metadata=case.metadata) for image in images]
+    with tempfile.TemporaryDirectory() as directory:
+        scorer, module, args = case.build(Path(directory))
+        scorer.setup()
+        scorer.score(items)  # warm-up
+        forward = []
+        for _ in range(case.repeats):
+            start = time.perf_counter()
+            scorer.score(items)
+            forward.append(time.perf_counter() - start)
+        del scorer
+        body = request_body(images, case.metadata)
+        headers = {"content-type": "application/x-protobuf", "accept": "application/x-protobuf"}
+        env = {"REWARD_MAX_BATCH_ITEMS": str(case.images), "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}
+        served = []
+        with running_service(module, *args, env=env, ready_timeout_s=600) as service:
+            httpx.post(service.url + "/v1/score", content=body, headers=headers, timeout=600)  # warm-up
+            for _ in range(case.repeats):
+                start = time.perf_counter()
+                reply = httpx.post(service.url + "/v1/score", content=body, headers=headers, timeout=600)
+                served.append(time.perf_counter() - start)
+                assert reply.status_code == 200, reply.text
+    forward_ms = 1000 * statistics.median(forward) / case.images
+    served_ms = 1000 * statistics.median(served) / case.images
+    return {"forward_ms": forward_ms, "served_ms": served_ms, "overhead_ms": served_ms - forward_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help="rewards to run (default: all importable)")
+    parser.add_argument("--sizes", nargs="*", default=["tiny", "vit-b"], help="sizes to run")
+    args = parser.parse_args()
+    has_mmdet = importlib.util.find_spec("mmdet") is not None
+    print(f"torch threads {torch.get_num_threads()}; per image, median; overhead = served - forward")
+    print(f"{'reward':<14} {'size':<6} {'N':>3} {'forward ms':>11} {'served ms':>10} {'overhead ms':>12} "
+          f"{'overhead/forward':>17}")
+    for case in CASES:
+        if args.only is not None and case.reward not in args.only:
+            continue
+        if case.size not in args.sizes or (case.reward == "geneval-mmdet" and not has_mmdet):
+            continue
+        result = run_case(case)
+        print(f"{case.reward:<14} {case.size:<6} {case.images:>3} {result['forward_ms']:>11.1f} "
+              f"{result['served_ms']:>10.1f} {result['overhead_ms']:>12.1f} "
+              f"{result['overhead_ms'] / result['forward_ms']:>17.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
