@@ -57,8 +57,8 @@ class ShapesDetectorConfig:
     iou_reject: float = 0.84  # soft IoU with the best template at or below which the fit scores 0
     iou_clean: float = 0.92  # soft IoU at or above which the fit scores 1
     margin_clean: float = 0.10  # IoU lead of the best template over the second at or above which separation scores 1
-    fuzz_clean: float = 0.08  # edge fuzziness beyond the ideal template's, per outline pixel, up to which sharpness is 1
-    fuzz_reject: float = 0.18  # the same, at or above which sharpness is 0 (blurred or smeared)
+    fuzz_clean: float = 0.15  # edge fuzziness beyond the ideal template's, per outline pixel, up to which sharpness is 1
+    fuzz_reject: float = 0.4  # the same, at or above which sharpness is 0 (blurred or smeared)
     aspect_tolerance: float = 0.12  # |log(box aspect / canonical aspect)| up to which size regularity is 1
     max_aspect_error: float = 0.5  # |log(box aspect / canonical aspect)| at which size regularity reaches 0
     supersample: int = 8  # sub-pixels per pixel side when rasterising the ideal templates
@@ -82,9 +82,8 @@ def _coverage(shape: str, cx: float, cy: float, width: float, height: float, win
     offsets = (np.arange(supersample) + 0.5) / supersample
     xs = (np.arange(x0, x1)[:, None] + offsets[None, :]).reshape(-1)
     ys = (np.arange(y0, y1)[:, None] + offsets[None, :]).reshape(-1)
-    gx, gy = np.meshgrid(xs, ys)
-    u = (gx - cx) / (width / 2.0)  # box-normalised coordinates in [-1, 1]
-    v = (gy - cy) / (height / 2.0)
+    u = ((xs - cx) / (width / 2.0))[None, :]  # box-normalised coordinates in [-1, 1], broadcast to the grid
+    v = ((ys - cy) / (height / 2.0))[:, None]
     if shape == "circle":
         inside = u * u + v * v <= 1.0
     elif shape == "square":
