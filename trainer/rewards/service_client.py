@@ -144,7 +144,9 @@ class RewardServiceClient:
         for start, part in zip(starts, chunks):
             for name, column in part.components.items():
                 components.setdefault(name, np.full(count, np.nan))[start:start + len(column)] = column
-        model = next((c.model for c in chunks if c.model is not None), None) or await self.info()
+        model = next((c.model for c in chunks if c.model is not None), None)
+        if model is None:
+            model = await self.info()
         return RewardScores(name=self.spec.name, values=values, components=components,
                             model_info=model_info_dict(model), requests=len(chunks),
                             retries=attempts.failed,

@@ -1,6 +1,6 @@
 """The trainer's side of the reward schema: a slice of a RewardQuery -> ScoreRequest bytes, ScoreResponse -> scores.
 
-Images travel as raw uint8 HWC pixels (lossless, no codec; services.common.codec.raw_image builds the message),
+Images travel as raw uint8 HWC pixels (lossless, no codec; the service decodes them with services.common.codec),
 metadata dicts as google.protobuf.Struct, branch ids as BranchIds, and each item's index in the query as its
 item_id. A reply is checked item by item: an item that carries an error, or no value, or a non-finite value, is a
 `RewardItemError` naming the reward, the query index and the service's message; it is never turned into a number.
@@ -15,7 +15,6 @@ import numpy as np
 from google.protobuf import json_format
 
 from protos.reward.v1 import reward_pb2
-from services.common.codec import raw_image
 
 PROTOBUF_MEDIA_TYPE = "application/x-protobuf"
 
@@ -52,7 +51,12 @@ def build_score_request(images: np.ndarray, prompts: Sequence[str], metadata: Se
     request = reward_pb2.ScoreRequest(request_id=request_id, deadline_ms=deadline_ms)
     for offset in range(len(images)):
         item = request.items.add()
-        item.image.CopyFrom(raw_image(images[offset]))
+        pixels = np.ascontiguousarray(images[offset], dtype=np.uint8)
+        if pixels.ndim != 3:
+            raise ValueError(f"image {first_index + offset} must be HxWxC uint8, got shape {pixels.shape}")
+        raw = item.image.raw  # filled in place: one copy of the pixels fewer than building and CopyFrom
+        raw.height, raw.width, raw.channels = pixels.shape
+        raw.pixels = pixels.tobytes()
         item.prompt = prompts[offset]
         item.item_id = str(first_index + offset)
         if metadata[offset] is not None:
