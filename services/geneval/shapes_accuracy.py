@@ -23,11 +23,13 @@ from services.geneval.scoring import summarize
 from services.geneval.shapes_detector import ShapesDetector
 
 
-def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+def blurred(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of `sigma` pixels."""
     return np.clip(np.rint(ndimage.gaussian_filter(image.astype(float), (sigma, sigma, 0))), 0, 255).astype(np.uint8)
 
 
-def _smear(image: np.ndarray, length: int, angle: float) -> np.ndarray:
+def smeared(image: np.ndarray, length: int, angle: float) -> np.ndarray:
+    """Motion blur: the image averaged along a line of `length` pixels at `angle` (radians)."""
     kernel = np.zeros((2 * length + 1, 2 * length + 1))
     for t in np.linspace(-length / 2, length / 2, 4 * length):
         kernel[int(round(length + t * np.sin(angle))), int(round(length + t * np.cos(angle)))] += 1
@@ -36,12 +38,15 @@ def _smear(image: np.ndarray, length: int, angle: float) -> np.ndarray:
     return np.clip(np.rint(np.stack(channels, -1)), 0, 255).astype(np.uint8)
 
 
-def _blob(rng: np.random.Generator, size: int, colours: list[tuple[int, int, int]], softness: float) -> np.ndarray:
+def shapeless_blob(rng: np.random.Generator, size: int, colours: list[tuple[int, int, int]], wobble: float = 0.3,
+                   softness: float = 0.0) -> np.ndarray:
+    """A blob of a palette colour on white: a disc whose radius wobbles by up to `wobble` per harmonic (2-5),
+    its edge blurred by `softness` pixels."""
     yy, xx = np.mgrid[:size, :size] + 0.5
     cx, cy = rng.uniform(0.3 * size, 0.7 * size, 2)
     r0 = rng.uniform(0.12, 0.2) * size
     angle = np.arctan2(yy - cy, xx - cx)
-    radius = r0 * (1 + sum(rng.uniform(-0.3, 0.3) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in range(2, 6)))
+    radius = r0 * (1 + sum(rng.uniform(-wobble, wobble) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in range(2, 6)))
     alpha = np.clip(radius - np.hypot(xx - cx, yy - cy) + 0.5, 0, 1)
     if softness:
         alpha = ndimage.gaussian_filter(alpha, softness)
@@ -81,10 +86,10 @@ def main(argv: list[str] | None = None) -> None:
           + ", ".join(f"{tag} {value:.3f}" for tag, value in summary.items()))
 
     degradations = {
-        "blur sigma 0.6": lambda image: _blur(image, 0.6),
-        "blur sigma 1.0": lambda image: _blur(image, 1.0),
-        "smear 3 px": lambda image: _smear(image, 3, rng.uniform(0, np.pi)),
-        "smear 5 px": lambda image: _smear(image, 5, rng.uniform(0, np.pi)),
+        "blur sigma 0.6": lambda image: blurred(image, 0.6),
+        "blur sigma 1.0": lambda image: blurred(image, 1.0),
+        "smear 3 px": lambda image: smeared(image, 3, rng.uniform(0, np.pi)),
+        "smear 5 px": lambda image: smeared(image, 5, rng.uniform(0, np.pi)),
     }
     for name, degrade in degradations.items():
         base = [random_scene(rng, config) for _ in range(args.degraded)]
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {credited}/{n_objects} objects credited")
     palette = list(COLORS.values())
     for softness in (0.0, 0.8):
-        blobs = [_blob(rng, args.image_size, palette, softness) for _ in range(args.degraded)]
+        blobs = [shapeless_blob(rng, args.image_size, palette, softness=softness) for _ in range(args.degraded)]
         credited = sum(d.confidence > 0.3 for ds in detector.detect(blobs) for d in ds)
         print(f"shapeless blobs (edge softness {softness}): {credited}/{len(blobs)} credited")
 

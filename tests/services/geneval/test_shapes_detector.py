@@ -5,6 +5,7 @@ from scipy import ndimage
 
 from services.common.scorer import ScorerInput
 from services.geneval.scorer import GenEvalScorer, GenEvalScorerConfig
+from services.geneval.shapes_accuracy import blurred, shapeless_blob, smeared
 from services.geneval.shapes_detector import PALETTE, SHAPES, ShapesDetector
 from trainer.shapes_world import prompts
 from trainer.shapes_world.render import CLASSES, COLORS, RenderConfig, random_scene
@@ -17,33 +18,8 @@ def credited(detections, threshold=0.3):
     return [d for d in detections if d.confidence > threshold]
 
 
-def blurred(image, sigma):
-    return np.clip(np.rint(ndimage.gaussian_filter(image.astype(float), (sigma, sigma, 0))), 0, 255).astype(np.uint8)
-
-
-def smeared(image, length, angle):
-    """Motion blur: the image averaged along a line of `length` pixels at `angle`."""
-    kernel = np.zeros((2 * length + 1, 2 * length + 1))
-    for t in np.linspace(-length / 2, length / 2, 4 * length):
-        kernel[int(round(length + t * np.sin(angle))), int(round(length + t * np.cos(angle)))] += 1
-    kernel /= kernel.sum()
-    channels = [ndimage.convolve(image[..., c].astype(float), kernel, mode="nearest") for c in range(3)]
-    return np.clip(np.rint(np.stack(channels, -1)), 0, 255).astype(np.uint8)
-
-
-def random_blob(rng, size=32, wobble=0.3, softness=0.0):
-    """A palette-coloured shapeless blob: a disc whose radius wobbles with angle (harmonics 2-5)."""
-    yy, xx = np.mgrid[:size, :size] + 0.5
-    cx, cy = rng.uniform(10, 22, 2)
-    r0 = rng.uniform(4, 6.5)
-    angle = np.arctan2(yy - cy, xx - cx)
-    radius = r0 * (1 + sum(rng.uniform(-wobble, wobble) * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
-                           for k in range(2, 6)))
-    alpha = np.clip(radius - np.hypot(xx - cx, yy - cy) + 0.5, 0, 1)
-    if softness:
-        alpha = ndimage.gaussian_filter(alpha, softness)
-    colour = np.array(list(COLORS.values())[rng.integers(len(COLORS))], float)
-    return np.clip(np.rint(255 * (1 - alpha[..., None]) + colour * alpha[..., None]), 0, 255).astype(np.uint8)
+def random_blob(rng, wobble=0.3, softness=0.0):
+    return shapeless_blob(rng, 32, list(COLORS.values()), wobble, softness)
 
 
 def test_classes_and_palette_are_the_renderers():
