@@ -249,3 +249,17 @@ def test_metadata_numbers_may_arrive_as_floats():
 def test_invalid_metadata_names_the_field(raw, field):
     with pytest.raises(InvalidMetadataError, match=field.replace("[", r"\[").replace("]", r"\]")):
         parse_metadata(raw, classes=("circle", "a", "b"), colors=("red",))
+
+
+def test_colour_credit_is_the_share_of_counted_objects_with_the_colour():
+    meta = {"tag": "colors", "include": [{"class": "square", "count": 2, "color": "red"}]}
+    result = judge([det("square", color="red"), det("square", (20, 0, 30, 10), color="green")], meta)
+    assert not result.strict
+    assert result.partial == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_colour_is_not_credited_when_the_count_is_wrong():
+    meta = {"tag": "colors", "include": [{"class": "square", "count": 1, "color": "red"}]}
+    result = judge([det("square", color="red"), det("square", (20, 0, 30, 10), color="red")], meta)
+    assert result.strict  # GenEval: at least one square, the most confident is red
+    assert result.partial == pytest.approx((0.0 + 0.0) / 2)  # count term 1 - 1/1 = 0; colour check not reached
