@@ -1,6 +1,6 @@
 """`--algo` names to algorithm plug-ins: build_algorithm(name, config) for flow_grpo | flow_grpo_fixed | tempflow |
-pave. `config` is the algorithm's typed config dataclass, a dict of its fields (unknown keys are an error), or None
-for the authors' defaults. `ALGORITHM_CONFIGS` maps each name to its config class so a CLI can list the fields.
+pave. `config` is the algorithm's typed config dataclass, a dict of its fields (unknown keys are an error; for tempflow
+and pave the trainer's generic `group_size` means `num_branches`), or None for the authors' defaults. `ALGORITHM_CONFIGS` maps each name to its config class so a CLI can list the fields.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ ALGORITHM_NAMES: tuple[str, ...] = tuple(ALGORITHM_CONFIGS)
 
 # per-name defaults that differ from the config class's (Fixed = per-group std)
 _NAME_DEFAULTS: dict[str, dict[str, Any]] = {"flow_grpo_fixed": {"global_std": False}}
+# the trainer's generic knobs under an algorithm's own name: G of a branched algorithm is its branches per step
+_ALIASES: dict[str, dict[str, str]] = {"tempflow": {"group_size": "num_branches"},
+                                       "pave": {"group_size": "num_branches"}}
 
 
 def default_config(name: str) -> Any:
@@ -39,6 +42,8 @@ def build_algorithm(name: str, config: Any = None) -> Algorithm:
     if config is None:
         config = default_config(name)
     elif isinstance(config, dict):
+        aliases = _ALIASES.get(name, {})
+        config = {aliases.get(key, key): value for key, value in config.items()}
         known = {f.name for f in dataclasses.fields(config_class)}
         unknown = sorted(set(config) - known)
         if unknown:
