@@ -156,7 +156,7 @@ def test_each_services_model_info_is_exposed(brightness, contrast_service):
 
 
 def test_submit_returns_before_scoring_finishes_so_it_overlaps_the_next_rollout():
-    with running_service(BRIGHTNESS, "--forward-sleep-ms", "300") as slow:
+    with running_service(BRIGHTNESS, "--forward-sleep-ms", "800") as slow:
         with client_for(RewardSpec(name="brightness", urls=[slow.url])) as client:
             query = make_query(4)
             handle = client.submit(query)
@@ -181,7 +181,7 @@ def test_replicas_share_the_load(brightness):
 
 def test_queue_full_429_is_retried_after_retry_after():
     with running_service(BRIGHTNESS, "--max-batch-items", "2", "--max-queue-items", "2",
-                         "--forward-sleep-ms", "200") as busy:
+                         "--forward-sleep-ms", "300") as busy:
         spec = RewardSpec(name="brightness", urls=[busy.url], max_in_flight=8)
         with client_for(spec) as client:
             query = make_query(12)
@@ -195,7 +195,7 @@ def test_queue_full_429_is_retried_after_retry_after():
 def test_a_loading_service_answering_503_is_retried_until_ready():
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with service_on_port(BRIGHTNESS, port, "--forward-sleep-ms", "1500", wait=False) as process:
+    with service_on_port(BRIGHTNESS, port, "--forward-sleep-ms", "2000", wait=False) as process:
         while True:  # bound and answering, still in its warm-up forward
             assert process.poll() is None
             time.sleep(0.02)
