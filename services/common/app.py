@@ -103,9 +103,10 @@ def _decode_request(body: bytes, fmt: str, settings: ServiceSettings
     request = parse_score_request(body, fmt)
     if len(request.items) == 0:
         raise RequestError(400, "invalid_request", "items: the request has no items", "items")
-    if len(request.items) > settings.max_request_items:
+    limit = min(settings.max_request_items, settings.max_queue_items)  # a request the queue cannot hold never fits
+    if len(request.items) > limit:
         raise RequestError(413, "too_many_items", f"items: {len(request.items)} items exceed max_request_items="
-                           f"{settings.max_request_items}; split the request", "items")
+                           f"{limit}; split the request", "items")
     inputs: list[ScorerInput] = []
     rejected: dict[int, ItemRejected] = {}
     for index, item in enumerate(request.items):

@@ -2,7 +2,7 @@
 
 Parses the scorer's own flags plus the shared service flags (`REWARD_*` env as fallback), loads the weights before
 binding (so a missing weight is a clear startup error and exit status 1, never a silent fallback), then serves with
-uvicorn. SIGTERM (or Ctrl-C) drains: /health/ready turns 503, new requests get 503, admitted work finishes, then
+uvicorn; a failed warm-up forward also exits with status 1. SIGTERM (or Ctrl-C) drains: /health/ready turns 503, new requests get 503, admitted work finishes, then
 the process exits 0. A second signal stops at once.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from types import FrameType
 
 import uvicorn
 
-from services.common.app import ServiceState, create_app
+from services.common.app import FAILED, ServiceState, create_app
 from services.common.scorer import Scorer, WeightsNotFoundError
 from services.common.settings import add_settings_arguments, settings_from_arguments
 
@@ -32,10 +32,25 @@ class DrainingServer(uvicorn.Server):
         self.service_state = state
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self.exit_code = 0  # process exit status run_service returns
 
     async def serve(self, sockets=None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        watcher = self._loop.create_task(self._exit_if_start_up_fails())
+        try:
+            await super().serve(sockets)
+        finally:
+            watcher.cancel()
+
+    async def _exit_if_start_up_fails(self) -> None:
+        """A failed warm-up forward stops the process (status 1), so a supervisor restarts or reports it."""
+        while self.service_state.warmup_task is None:
+            await asyncio.sleep(0.05)
+        await self.service_state.warmup_task
+        if self.service_state.phase == FAILED:
+            log.error("start-up failed, exiting: %s", self.service_state.failure)
+            self.exit_code = 1
+            self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining or self._loop is None or not self.started:
@@ -72,4 +87,4 @@ def run_service(scorer_factory: Callable[[argparse.Namespace], Scorer], argv: li
                             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None, lifespan="on")
     server = DrainingServer(config, app.state.service)
     server.run()
-    return 0
+    return server.exit_code

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ from google.protobuf import json_format
 
 from protos.reward.v1 import reward_pb2
 from services.common.codec import raw_image
-from tests.support.service_process import running_service
+from tests.support.service_process import REPO_ROOT, running_service
 
 SCORER = "tests.support.test_scorers"
 PROTOBUF = {"content-type": "application/x-protobuf", "accept": "application/x-protobuf"}
@@ -174,3 +176,19 @@ def test_sigterm_drains_in_flight_work_then_exits_cleanly():
         assert [s.value for s in reply.scores] == pytest.approx([9 / 255, 99 / 255])
         assert service.process.wait(10) == 0
         assert "drained (all work finished)" in service.log()
+
+
+def test_scorer_crash_fails_the_items_of_that_forward_and_the_service_goes_on(service):
+    request = request_of(10)
+    request.items[0].prompt = "raise"
+    reply = parse_reply(post_protobuf(service.url, request))
+    assert not reply.scores[0].HasField("value")
+    assert reply.scores[0].error.code == "scorer_error" and "crashed on purpose" in reply.scores[0].error.message
+    assert parse_reply(post_protobuf(service.url, request_of(51))).scores[0].value == pytest.approx(0.2)
+
+
+def test_failed_warm_up_forward_exits_with_status_1():
+    result = subprocess.run([sys.executable, "-m", SCORER, "--fail-warmup", "--port", "0"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "start-up failed" in result.stderr and "warm-up forward failed" in result.stderr
