@@ -43,7 +43,7 @@ from trainer.evaluation import evaluate
 from trainer.image_grid import save_grid, tile_images
 from trainer.models.base import FlowModel
 from trainer.prompt_data import PromptRecord, PromptSchedule
-from trainer.rollout_merge import can_concat, concat_rollouts
+from trainer.rollout_merge import concat_rollouts, supports_concat
 from trainer.run_logging import RunLogger
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ class Trainer:
 
     def _rollout_chunks(self) -> list[list[tuple[int, PromptRecord]]]:
         groups = self.schedule.epoch_groups(self.ctx.rank, self.ctx.world_size)
-        size = self.groups_per_rollout
+        size = self.groups_per_rollout if supports_concat(self.algo) else len(groups)
         return [groups[i:i + size] for i in range(0, len(groups), size)]
 
     def rollout_and_score(self) -> tuple[Rollout, Any, list[Rollout]]:
@@ -235,9 +235,6 @@ class Trainer:
                                         generator)
             rollouts.append(rollout)
             handles.append(self.rewards.submit(rollout.query))
-            if len(chunks) > 1 and not can_concat(self.algo, rollout):
-                raise TypeError(f"{type(rollout).__name__} cannot be concatenated; use groups_per_rollout >= "
-                                f"groups per rank")
         results = [self._wait(h, ro.query) for h, ro in zip(handles, rollouts)]
         return concat_rollouts(self.algo, rollouts), join_mixed_rewards(results), rollouts
 

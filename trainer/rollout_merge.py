@@ -6,7 +6,7 @@ equivalence test relies on it) and each chunk's images can be scored while the n
 then needs one rollout per rank; this module joins them.
 
 An algorithm may provide `concat_rollouts(rollouts) -> Rollout` itself (preferred: it knows its own fields);
-otherwise a joiner registered here by rollout type is used. `can_concat(algo, rollout)` says whether either exists;
+otherwise a joiner registered here by algorithm type is used. `supports_concat(algo)` says whether either exists;
 when neither does, the loop samples all of a rank's groups in one call.
 """
 from __future__ import annotations
@@ -60,15 +60,15 @@ def _concat_flow_grpo(rollouts: list[Any]) -> Any:
 def _registered() -> dict[type, Callable[[list[Any]], Any]]:
     joiners: dict[type, Callable[[list[Any]], Any]] = {}
     try:
-        from trainer.algorithms.flow_grpo import FlowGRPORollout
-        joiners[FlowGRPORollout] = _concat_flow_grpo
+        from trainer.algorithms.flow_grpo import FlowGRPO
+        joiners[FlowGRPO] = _concat_flow_grpo
     except ImportError:  # pragma: no cover - the algorithm module is optional here
         pass
     return joiners
 
 
-def can_concat(algo: Algorithm, rollout: Rollout) -> bool:
-    return hasattr(algo, "concat_rollouts") or type(rollout) in _registered()
+def supports_concat(algo: Algorithm) -> bool:
+    return hasattr(algo, "concat_rollouts") or type(algo) in _registered()
 
 
 def concat_rollouts(algo: Algorithm, rollouts: list[Rollout]) -> Rollout:
@@ -76,7 +76,7 @@ def concat_rollouts(algo: Algorithm, rollouts: list[Rollout]) -> Rollout:
         return rollouts[0]
     if hasattr(algo, "concat_rollouts"):
         return algo.concat_rollouts(rollouts)
-    joiner = _registered().get(type(rollouts[0]))
+    joiner = _registered().get(type(algo))
     if joiner is None:
         raise TypeError(f"no way to concatenate {type(rollouts[0]).__name__}; give the algorithm concat_rollouts()")
     return joiner(rollouts)
