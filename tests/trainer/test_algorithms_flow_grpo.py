@@ -110,3 +110,14 @@ def test_registry_rejects_unknown_names_and_fields():
         build_algorithm("dpo")
     with pytest.raises(ValueError):
         build_algorithm("flow_grpo", {"group_sise": 3})
+
+
+def test_kl_mode_flowgrpo_code_is_dt_times_the_exact_kl_in_the_loss():
+    units = {}
+    for mode in ("exact", "flowgrpo_code"):
+        algo, model, rollout, batch, gen = _run(kl_mode=mode, train_batch_size=1)
+        model.perturb_adapter()
+        units[mode] = [(u, algo.loss(model, u)[1]["kl"]) for u in algo.training_units(batch, gen)]
+    for (unit, exact), (_, code) in zip(units["exact"], units["flowgrpo_code"]):
+        dt = float(unit.sigma - unit.sigma_next)
+        assert abs(code - dt * exact) <= 1e-4 * exact

@@ -222,3 +222,17 @@ def test_rollouts_of_prompt_chunks_concatenate_into_the_batch_of_their_union():
     assert batch.seed_prompt.tolist() == [0, 0, 1, 1]
     unit = next(iter(algo.training_units(batch, torch.Generator())))
     assert torch.isfinite(algo.loss(model, unit)[0])
+
+
+def test_noise_aware_weights_scale_the_surrogate_and_not_the_kl():
+    losses = {}
+    for weighted in (True, False):
+        algo, model, rollout, gen = _tempflow(noise_aware_weights=weighted, clip_range=10.0)
+        batch = algo.prepare_training(rollout, toy_reward(rollout.query.images), local_gather)
+        model.perturb_adapter()
+        unit = next(iter(algo.training_units(batch, torch.Generator().manual_seed(0))))
+        _, metrics = algo.loss(model, unit)
+        losses[weighted] = (metrics, unit)
+    (weighted, unit), (plain, _) = losses[True], losses[False]
+    assert weighted["kl"] == plain["kl"]
+    assert not math.isclose(weighted["policy_loss"], plain["policy_loss"], rel_tol=1e-3)
