@@ -16,10 +16,17 @@ def _load_sd3(path: str | None, config: Any) -> FlowModel:
     return SD3FlowModel(path, config)
 
 
+def _load_shapes(path: str | None, config: Any) -> FlowModel:
+    from trainer.models.shapes import ShapesFlowModel
+
+    return ShapesFlowModel(path, config)
+
+
 # The registration point: kind -> loader(path, config); path None = the adapter's default weights.
 # The shapes adapter registers "shapes" here.
 MODEL_LOADERS: dict[str, Callable[[str | None, Any], FlowModel]] = {
     "sd3": _load_sd3,
+    "shapes": _load_shapes,
 }
 
 
