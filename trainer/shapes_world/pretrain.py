@@ -155,10 +155,7 @@ def sample_images(transformer, text: ShapesTextEncoder, prompts: list[str], step
 
 def heldout_scores(transformer, text, config: PretrainConfig, device: torch.device) -> dict[str, float]:
     """GenEval strict accuracy per tag (and overall) on the held-out prompts, shapes detector."""
-    from services.common.scorer import ScorerInput
-    from services.geneval.scorer import GenEvalScorer, GenEvalScorerConfig
-    from services.geneval.scoring import summarize
-    from services.geneval.shapes_detector import ShapesDetector
+    from trainer.shapes_world.evaluate import geneval_strict
 
     entries = [e for e in read_jsonl(HELDOUT_FILE) for _ in range(config.eval_samples)]
     generator = torch.Generator().manual_seed(config.seed + 1)
@@ -167,11 +164,8 @@ def heldout_scores(transformer, text, config: PretrainConfig, device: torch.devi
         chunk = [e["prompt"] for e in entries[start: start + 256]]
         images.append(sample_images(transformer, text, chunk, config.eval_steps, config.eval_guidance, generator,
                                     config.image_size))
-    images = torch.cat(images).numpy()
-    scorer = GenEvalScorer(ShapesDetector(), GenEvalScorerConfig(reward="strict"))
-    scorer.setup()
-    outputs = scorer.score([ScorerInput(img, e["prompt"], e) for img, e in zip(images, entries)])
-    return summarize([e["tag"] for e in entries], [o.value for o in outputs])
+    summary, _ = geneval_strict(torch.cat(images).numpy(), entries)
+    return summary
 
 
 def save_checkpoint(transformer, text, config: PretrainConfig, meta: dict) -> None:
