@@ -1,11 +1,13 @@
 """Item-level dynamic batching: items of concurrent requests are coalesced into forwards of the scorer.
 
 A two-stage pipeline on the event loop, with the scorer's work in worker threads:
-  collect  -> a batch forms when `max_batch_items` items wait, or the oldest has waited `max_wait_ms`, and the
-              stage below has room; it is then prepared (`Scorer.prepare`, e.g. resize + tokenise) in its own thread;
+  collect  -> a batch forms when `max_batch_items` items wait, or when it could run and has waited `max_wait_ms`
+              for company; it is then prepared (`Scorer.prepare`, e.g. resize + tokenise) in its own thread;
   forward  -> `Scorer.score_prepared` in another thread, one batch at a time.
-So the next batch is gathered and prepared while the current one runs, and under load batches fill up instead of
-leaving early. Admission is bounded (`max_queue_items`; beyond it `QueueFullError` with a Retry-After estimate);
+"Could run" is when the forward stage is free, or, while a forward runs, just in time: its expected end minus the
+expected prepare time (running averages). So the next batch is gathered and prepared while the current one runs,
+yet a partial batch does not leave early while the forward is busy; under load batches fill up, and clients that
+were split into cohorts by an early partial batch rejoin (the max_wait after the forward frees lets them). Admission is bounded (`max_queue_items`; beyond it `QueueFullError` with a Retry-After estimate);
 an item whose request deadline passes while queued is dropped before it costs compute (`DeadlineExceededError`);
 `drain()` refuses new work, finishes everything admitted, then stops. A scorer exception fails the items of that
 batch (as item errors), never the service. No torch here.
@@ -91,7 +93,10 @@ class DynamicBatcher:
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self._batches = 0
-        self._forward_ewma_s = 0.05  # running estimate of one batch's compute time, for Retry-After
+        self._forward_ewma_s = 0.05  # running average of one forward's time, s
+        self._prepare_ewma_s = 0.0  # running average of one prepare's time, s
+        self._forward_busy_since: float | None = None  # time.monotonic() the running forward started; None if idle
+        self._forward_free_since = 0.0  # time.monotonic() the forward stage last became free
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -126,7 +131,7 @@ class DynamicBatcher:
     def retry_after_s(self) -> int:
         """Whole seconds after which the current queue should have cleared (at least 1)."""
         batches_ahead = self.queued_items / self.max_batch_items + 1
-        return max(1, math.ceil(batches_ahead * self._forward_ewma_s))
+        return max(1, math.ceil(batches_ahead * (self._forward_ewma_s + self._prepare_ewma_s)))
 
     async def submit(self, items: list[ScorerInput], deadline: float) -> list[ItemResult]:
         """Queue the items and wait for their results (in order). `deadline` is a time.monotonic() instant."""
@@ -177,13 +182,21 @@ class DynamicBatcher:
             self._queue = kept
             self._set_depth()
 
+    def _could_run_at(self) -> float:
+        """When a batch prepared now could start its forward: now if the stage is free, else just in time."""
+        if self._forward_busy_since is None:
+            return self._forward_free_since
+        return self._forward_busy_since + max(0.0, self._forward_ewma_s - self._prepare_ewma_s)
+
     async def _next_batch(self) -> list[_Pending] | None:
-        """Wait for a full batch or for the oldest item's max_wait; None once draining with nothing left."""
+        """Wait for a full batch, or until a partial one could run and has waited max_wait for company;
+        None once draining with nothing left."""
         while True:
             self._discard_stale()
             timeout: float | None = None
             if self._queue:
-                wait_left = self._queue[0].enqueued_at + self.max_wait_s - time.monotonic()
+                leave_at = max(self._queue[0].enqueued_at, self._could_run_at()) + self.max_wait_s
+                wait_left = leave_at - time.monotonic()
                 if len(self._queue) >= self.max_batch_items or wait_left <= 0 or self._closing:
                     break
                 timeout = wait_left
@@ -216,6 +229,7 @@ class DynamicBatcher:
                 log.exception("prepare failed for batch %d", batch.batch_id)
                 batch.error = error
             batch.prepare_s = time.monotonic() - batch.started_at
+            self._prepare_ewma_s = 0.8 * self._prepare_ewma_s + 0.2 * batch.prepare_s
             await self._handoff.put(batch)
 
     # ---- forward stage ---------------------------------------------------------------------------------------
@@ -228,6 +242,8 @@ class DynamicBatcher:
             self._slot.release()  # the collect stage may now gather and prepare the next batch
             outputs: list[ScorerOutput] | None = None
             forward_started = time.monotonic()
+            self._forward_busy_since = forward_started
+            self._arrived.set()  # the collect stage re-plans its just-in-time point
             if batch.error is None:
                 try:
                     outputs = await loop.run_in_executor(self._forward_pool, self.scorer.score_prepared,
@@ -238,8 +254,12 @@ class DynamicBatcher:
                     log.exception("forward failed for batch %d", batch.batch_id)
                     batch.error = error
                     outputs = None
-            compute_s = batch.prepare_s + (time.monotonic() - forward_started)
-            self._forward_ewma_s = 0.8 * self._forward_ewma_s + 0.2 * compute_s
+            forward_ended = time.monotonic()
+            self._forward_busy_since = None
+            self._forward_free_since = forward_ended
+            self._arrived.set()  # the collect stage may now send a partial batch
+            compute_s = batch.prepare_s + (forward_ended - forward_started)
+            self._forward_ewma_s = 0.8 * self._forward_ewma_s + 0.2 * (forward_ended - forward_started)
             if self.metrics is not None:
                 self.metrics.inference_seconds.observe(compute_s)
                 self.metrics.batch_items.observe(len(batch.items))
