@@ -74,3 +74,11 @@ def test_the_command_line_writes_a_checkpoint_the_adapter_loads(tmp_path):
                    cwd=REPO, check=True, capture_output=True, timeout=300)
     model = ShapesFlowModel(out, ShapesConfig(device="cpu", lora_rank=2, lora_alpha=2))
     assert model.latent_shape() == (3, 32, 32)
+
+
+def test_stop_at_step_saves_that_step_under_the_schedule_of_the_full_run(tmp_path):
+    out = tmp_path / "stopped"
+    config = PretrainConfig(out_dir=str(out), steps=50, stop_at_step=2, **TINY)
+    assert pretrain(config)["step"] == 2
+    info = json.loads((out / "shapes_model.json").read_text())
+    assert info["step"] == 2 and info["pretrain_config"]["steps"] == 50

@@ -18,13 +18,17 @@ Saved (every `save_every` steps, at the end, and when `time_limit_s` runs out), 
 (config.json + model.safetensors) and `shapes_model.json` (image size, the pretraining config, step, loss, and
 held-out GenEval scores when `eval_every` > 0). Weights are stored in fp16 (`save_dtype`) and loaded as fp32.
 
-The shipped checkpoint trainer/shapes_world/base_model/ was made with (on one lent H100, see its shapes_model.json
-for the step count, loss and scores):
+The shipped checkpoint trainer/shapes_world/base_model/ was made on the project's shared 2-core CPU machine (one
+thread, about 1 step/s while others ran tests beside it; it stopped at the 55-minute time limit; its
+shapes_model.json records the step count, loss and held-out scores, base_model_log.jsonl beside it the loss curve):
 
-    python -m trainer.shapes_world.pretrain --out-dir trainer/shapes_world/base_model --device cuda \\
-        --batch-size 256 --steps 20000 --num-workers 12 --time-limit-s 480
+    python -m trainer.shapes_world.pretrain --out-dir trainer/shapes_world/base_model --device cpu --threads 1 \
+        --batch-size 64 --layers 4 --steps 4000 --warmup-steps 200 --ema-decay 0.998 --time-limit-s 3300 \
+        --log-every 50 --save-every 500 --eval-every 1000
 
-On a CPU (`--device cpu --batch-size 64 --num-workers 0`) the same code runs at a few steps per second.
+Because it stopped on wall-clock time, a rerun on another machine reproduces it exactly only up to the step it
+reached (the weights at a given step are bit-identical on the CPU); pass `--stop-at-step <that step> --time-limit-s 0`
+for an exact replay. On a GPU (`--device cuda --batch-size 256 --num-workers 12`) it runs far faster.
 """
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ class PretrainConfig:
     threads: int = 1  # torch CPU threads (1: on a shared, busy CPU more threads were up to 10x slower per step)
     steps: int = 20000  # optimizer steps (the run also stops at time_limit_s)
     time_limit_s: float = 0.0  # wall-clock budget in seconds; 0 = none. A stop saves the checkpoint
+    stop_at_step: int = 0  # stop (and save) after this step without changing the lr schedule; 0 = run to `steps`
     batch_size: int = 256  # images per step
     lr: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 0.01  # AdamW weight decay
@@ -266,7 +271,7 @@ def pretrain(config: PretrainConfig) -> dict:
             with open(log_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
         timed_out = config.time_limit_s > 0 and time.time() - start > config.time_limit_s
-        if timed_out:
+        if timed_out or step == config.stop_at_step:
             break
         if step % config.save_every == 0 and step < config.steps:
             checkpoint(final=False)
