@@ -3,7 +3,7 @@
     python -m trainer.shapes_world.evaluate --model-dir trainer/shapes_world/base_model --samples 8 \\
         --steps 20 --guidance 3 --grid /tmp/heldout_grid.png
 
-Samples every held-out prompt `samples` times with Euler steps on a uniform sigma grid (sigma 1 -> 0, shift 1) and
+Samples every held-out prompt `samples` times with Euler steps on a uniform sigma grid (sigma 1 -> 0, `--shift`) and
 classifier-free guidance, through `ShapesFlowModel` (the FlowModel the trainer uses); scores each image with
 GenEval's strict rules (services.geneval.scoring) over the shapes detector; prints the accuracy per tag and the
 overall (mean over tags, as GenEval reports it) as one JSON line. `--grid` writes a PNG, one row per prompt.
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from trainer.models.base import FlowModel
+from trainer.sampling.schedule import uniform_shifted_sigmas
 from trainer.shapes_world.prompts import HELDOUT_FILE, Metadata, read_jsonl
 
 
@@ -30,6 +31,7 @@ class EvalConfig:
     samples: int = 8  # images per prompt
     steps: int = 20  # Euler steps
     guidance: float = 3.0  # CFG scale (1 = off)
+    shift: float = 1.0  # SD3 time shift of the uniform sigma grid (1 = none; the trainer's default is 3)
     seed: int = 0  # seeds the initial noise
     batch: int = 256  # images per forward
     grid: str = ""  # PNG path of a sample grid (one row per prompt); empty = none
@@ -51,12 +53,13 @@ def geneval_strict(images: np.ndarray, entries: list[Metadata]) -> tuple[dict[st
 
 
 @torch.no_grad()
-def sample(model: FlowModel, prompts: list[str], steps: int, guidance: float,
-           generator: torch.Generator) -> torch.Tensor:
-    """Euler sampling through FlowModel.velocity on sigmas linspace(1, 0, steps + 1); uint8 [B, H, W, 3]."""
+def sample(model: FlowModel, prompts: list[str], steps: int, guidance: float, generator: torch.Generator,
+           shift: float = 1.0) -> torch.Tensor:
+    """Euler sampling through FlowModel.velocity on the shifted uniform sigma grid (trainer.sampling.schedule's
+    uniform_shifted_sigmas; shift 1 = linspace(1, 0, steps + 1)); uint8 [B, H, W, 3]."""
     cond = model.encode_prompts(prompts, with_negative=guidance > 1.0)
     x = torch.randn(len(prompts), *model.latent_shape(), generator=generator).to(model.device)
-    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    sigmas = uniform_shifted_sigmas(steps, shift)
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         x = x + float(sigma_next - sigma) * model.velocity(x, float(sigma), cond, guidance)
     return model.decode(x)
@@ -66,7 +69,7 @@ def evaluate(model: FlowModel, config: EvalConfig) -> tuple[dict[str, float], np
     entries = [e for e in read_jsonl(config.prompt_file) for _ in range(config.samples)]
     generator = torch.Generator().manual_seed(config.seed)
     images = [sample(model, [e["prompt"] for e in entries[i: i + config.batch]], config.steps, config.guidance,
-                     generator) for i in range(0, len(entries), config.batch)]
+                     generator, config.shift) for i in range(0, len(entries), config.batch)]
     images = torch.cat(images).numpy()
     summary, _ = geneval_strict(images, entries)
     return summary, images, entries
