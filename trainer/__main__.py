@@ -92,19 +92,22 @@ def build_reward_client(config: TrainerConfig, seed: int):
     return RewardClient(reward_set, seed=seed)
 
 
-def load_prompts(config: TrainerConfig, model: Any) -> tuple[list[PromptRecord], list[PromptRecord]]:
+# model kind -> (module, train file attribute, held-out file attribute) of its built-in prompt sets
+BUILTIN_PROMPTS = {"shapes": ("trainer.shapes_world.prompts", "TRAIN_FILE", "HELDOUT_FILE")}
+
+
+def load_prompts(config: TrainerConfig, model: Any = None) -> tuple[list[PromptRecord], list[PromptRecord]]:
     """Training and held-out prompts: the files given, else the model's built-in prompt sets (if it has them)."""
     d = config.data
-    train = read_prompt_file(d.prompt_file) if d.prompt_file else None
-    held_out = read_prompt_file(d.eval_prompt_file) if d.eval_prompt_file else None
-    builtin = getattr(model, "builtin_prompts", None)
-    if train is None:
-        if builtin is None:
-            raise ValueError(f"--prompt-file is required: the {config.model.model_kind} model has no built-in prompts")
-        train = [PromptRecord(p, m) for p, m in builtin("train")]
-    if held_out is None and builtin is not None:
-        held_out = [PromptRecord(p, m) for p, m in builtin("eval")]
-    return train, held_out or []
+    builtin = BUILTIN_PROMPTS.get(config.model.model_kind)
+    train_file, held_out_file = d.prompt_file, d.eval_prompt_file
+    if builtin is not None:
+        module = importlib.import_module(builtin[0])
+        train_file = train_file or getattr(module, builtin[1])
+        held_out_file = held_out_file or getattr(module, builtin[2])
+    if train_file is None:
+        raise ValueError(f"--prompt-file is required: the {config.model.model_kind} model has no built-in prompts")
+    return read_prompt_file(train_file), (read_prompt_file(held_out_file) if held_out_file else [])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,3 +72,16 @@ def test_saved_lora_loads_into_a_diffusers_sd3_pipeline(finished_run, tiny_sd3_d
     assert lora_b, "no LoRA layers were attached to the transformer"
     # a fresh LoRA has B = 0; the trained one must arrive non-zero, i.e. the weights themselves were loaded
     assert any(v.abs().max() > 0 for v in lora_b.values())
+
+
+def test_with_no_model_flags_the_embedded_shapes_model_trains_on_its_own_prompts(tmp_path):
+    from tests.trainer.test_e2e_harness import brightness_service
+
+    with brightness_service(tmp_path) as service:
+        run_trainer(["--reward-url", service.url, "--groups-per-epoch", "2", "--group-size", "4", "--num-steps", "4",
+                     "--steps", "1", "--output-dir", str(tmp_path / "run"), "--no-progress-bar"],
+                    tmp_path / "trainer.log")
+    start = read_metrics(tmp_path / "run", "start")[0]
+    assert start["config"]["model"]["model_kind"] == "shapes" and start["config"]["model"]["model_path"] is None
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "step")] == [1]
+    assert latest_valid_checkpoint(tmp_path / "run" / "checkpoints") is not None
