@@ -58,7 +58,7 @@ class AlgorithmConfig:
     """The GRPO variant and its sampling knobs (empty = the algorithm's default from docs/algorithms.md)."""
 
     algo: str = knob("flow_grpo", "algorithm: flow_grpo | flow_grpo_fixed | tempflow | pave")
-    group_size: int | None = knob(None, "G: images per prompt group (Flow-GRPO: 24; branched algorithms use their own options)")
+    group_size: int | None = knob(None, "G: images per prompt group (Flow-GRPO: 24); for tempflow/pave the branches per group (B / G)")
     num_steps: int | None = knob(None, "N: sampling steps of a rollout (Flow-GRPO: 10)")
     eval_num_steps: int = knob(40, "steps of the deterministic (a=0) evaluation sampler")
     guidance_scale: float | None = knob(None, "classifier-free guidance scale during sampling and training (SD3.5: 4.5; 1 = off)")
@@ -227,6 +227,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _metavar(tp: Any) -> str:
+    scalar = _scalar_type(tp)
+    return {int: "N", float: "X", dict: "JSON", list: "JSON"}.get(scalar, "TEXT")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
@@ -253,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
             elif _scalar_type(tp) is bool:
                 group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, help=help_text)
             else:
-                group.add_argument(*flags, dest=dest, metavar=f.name.upper(), help=help_text)
+                group.add_argument(*flags, dest=dest, metavar=_metavar(tp), help=help_text)
     return parser
 
 
