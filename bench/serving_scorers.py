@@ -1,9 +1,12 @@
 """Per-image service overhead against forward time, for each real scorer at tiny and ViT-B-like sizes.
 
-For each (reward, size): the scorer's forward is timed in this process (`score` over a batch of N images, median of
-R runs), then the same weights are served by the real `python -m services.<name>` process on 127.0.0.1 and the same
-N images are sent in one protobuf request (raw uint8 pixels, what the trainer sends), median of R requests. The
+For each (reward, size): the scorer's forward is timed in this process (`score` over a batch of N images) and the
+same weights are served by the real `python -m services.<name>` process on 127.0.0.1, which gets the same N images in
+one protobuf request (raw uint8 pixels, what the trainer sends); the two are interleaved R times, medians reported. The
 overhead per image is (request time - forward time) / N: wire encoding, HTTP, decoding, queueing, batching, reply.
+Sizes: pickscore vit-b = CLIP ViT-B/16 shapes (224 px); hpsv3 vit-b = Qwen2-VL with width 768 and 12 layers in both
+towers (448 px, 256 visual tokens); geneval-mmdet "vit-b" = a medium Mask2Former (Swin embed 64, 2 blocks per stage,
+3 decoder layers, 800 px test scale) + a width-128 CLIP at 224 px. All random weights, CPU.
 Both run side by side in one run, on the same machine, so the ratio is what to read, not the absolute times.
 
     .venv/bin/python -m bench.serving_scorers                   # pickscore + hpsv3 (main venv)
@@ -95,12 +98,12 @@ def geneval_mmdet_case(directory: Path, vit_b: bool) -> tuple[Scorer, str, list[
 
 COLOUR_CLAUSE = {"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "red"}]}
 CASES = [
-    Case("pickscore", "tiny", 16, 5, 512, lambda d: pickscore_case(d, False)),
+    Case("pickscore", "tiny", 16, 7, 512, lambda d: pickscore_case(d, False)),
     Case("pickscore", "vit-b", 8, 3, 512, lambda d: pickscore_case(d, True)),
-    Case("hpsv3", "tiny", 8, 5, 512, lambda d: hpsv3_case(d, False)),
-    Case("hpsv3", "vit-b", 4, 2, 512, lambda d: hpsv3_case(d, True)),
-    Case("geneval-mmdet", "tiny", 8, 3, 512, lambda d: geneval_mmdet_case(d, False), COLOUR_CLAUSE),
-    Case("geneval-mmdet", "vit-b", 4, 2, 512, lambda d: geneval_mmdet_case(d, True), COLOUR_CLAUSE),
+    Case("hpsv3", "tiny", 8, 7, 512, lambda d: hpsv3_case(d, False)),
+    Case("hpsv3", "vit-b", 4, 3, 512, lambda d: hpsv3_case(d, True)),
+    Case("geneval-mmdet", "tiny", 8, 5, 512, lambda d: geneval_mmdet_case(d, False), COLOUR_CLAUSE),
+    Case("geneval-mmdet", "vit-b", 4, 3, 512, lambda d: geneval_mmdet_case(d, True), COLOUR_CLAUSE),
 ]
 
 
@@ -116,26 +119,25 @@ def request_body(images: list[np.ndarray], metadata: dict | None) -> bytes:
 
 
 def run_case(case: Case) -> dict[str, float]:
+    """Interleave in-process forwards and served requests (forward, request, forward, ...) so that load from
+    other processes on the machine hits both alike; medians per image."""
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (case.image_side, case.image_side, 3), dtype=np.uint8) for _ in range(case.images)]
     items = [ScorerInput(image=image, prompt="a photo of a red dog", metadata=case.metadata) for image in images]
+    body = request_body(images, case.metadata)
+    headers = {"content-type": "application/x-protobuf", "accept": "application/x-protobuf"}
+    env = {"REWARD_MAX_BATCH_ITEMS": str(case.images), "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}
+    forward, served = [], []
     with tempfile.TemporaryDirectory() as directory:
         scorer, module, args = case.build(Path(directory))
         scorer.setup()
-        scorer.score(items)  # warm-up
-        forward = []
-        for _ in range(case.repeats):
-            start = time.perf_counter()
-            scorer.score(items)
-            forward.append(time.perf_counter() - start)
-        del scorer
-        body = request_body(images, case.metadata)
-        headers = {"content-type": "application/x-protobuf", "accept": "application/x-protobuf"}
-        env = {"REWARD_MAX_BATCH_ITEMS": str(case.images), "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}
-        served = []
         with running_service(module, *args, env=env, ready_timeout_s=600) as service:
+            scorer.score(items)  # warm-up
             httpx.post(service.url + "/v1/score", content=body, headers=headers, timeout=600)  # warm-up
             for _ in range(case.repeats):
+                start = time.perf_counter()
+                scorer.score(items)
+                forward.append(time.perf_counter() - start)
                 start = time.perf_counter()
                 reply = httpx.post(service.url + "/v1/score", content=body, headers=headers, timeout=600)
                 served.append(time.perf_counter() - start)
