@@ -5,7 +5,8 @@ contiguous block of the epoch's prompt groups (trainer.prompt_data), talks to th
 client, and calls `algo.prepare_training(..., gather)` with `gather` = all_gather concatenated in rank order, so
 advantage statistics (e.g. Flow-GRPO's batch std) are global. Gradients of the LoRA parameters are averaged
 with one flat all_reduce per optimizer step (explicit rather than DDP's hooks: the training units are the
-algorithm's, and ranks may hold different numbers of them). Only rank 0 writes checkpoints and logs.
+algorithm's, and ranks may hold different numbers of them). Only rank 0 writes checkpoints and logs; on --resume every rank reads the
+checkpoint, so output_dir must be on a file system all ranks see.
 
 Without torchrun (no WORLD_SIZE in the environment) everything here is the identity.
 """

@@ -266,7 +266,7 @@ class Trainer:
                    "reward/global_mixed_mean": float(global_rewards.mean()),
                    **mixed.log_metrics(), **{k: v for k, v in getattr(batch, "metrics", {}).items()},
                    "cost": self.algo.cost.as_dict(), "model_info": mixed.model_info}
-        if self.logger is not None:
+        if self.logger is not None and self.ctx.is_main:
             self.logger.record("epoch", self.step, metrics)
             self._maybe_images(rollout)
         return metrics
