@@ -37,7 +37,7 @@ def test_checkpoint_records_step_loss_and_config(tmp_path):
     meta = pretrain(PretrainConfig(out_dir=str(out), steps=2, **TINY))
     info = json.loads((out / "shapes_model.json").read_text())
     assert info["step"] == meta["step"] == 2 and info["image_size"] == 32
-    assert info["pretrain_config"]["layers"] == 1 and info["ema_loss"] > 0
+    assert info["pretrain_config"]["layers"] == 1 and info["loss"] > 0
     assert all(v.dtype == torch.float16 for v in weights(out).values())
     assert (tmp_path / "model_log.jsonl").read_text().count("\n") == 2
 

@@ -226,11 +226,13 @@ def pretrain(config: PretrainConfig) -> dict:
     n_params = sum(p.numel() for p in params)
     print(f"pretrain: {n_params / 1e6:.2f}M parameters on {device}; config {asdict(config)}", flush=True)
     start = time.time()
-    running, meta, step = None, {}, 0
+    recent: list[float] = []  # the last 10 logged losses
+    meta, step = {}, 0
 
     def checkpoint(final: bool) -> None:
         nonlocal meta
-        meta = {"step": step, "wall_s": round(time.time() - start, 1), "ema_loss": running,
+        meta = {"step": step, "wall_s": round(time.time() - start, 1),
+                "loss": float(np.mean(recent)) if recent else None,  # mean of the last 10 logged losses
                 "parameters": n_params}
         if config.eval_every >= 0 and (final or (config.eval_every > 0 and step % config.eval_every == 0)):
             meta["heldout_strict"] = heldout_scores(ema_transformer, ema_text, config, device)
@@ -263,7 +265,7 @@ def pretrain(config: PretrainConfig) -> dict:
         step += 1
         value = float(loss.detach()) if step % config.log_every == 0 or step == 1 else None
         if value is not None:
-            running = value if running is None else 0.9 * running + 0.1 * value
+            recent = (recent + [value])[-10:]
             elapsed = time.time() - start
             line = {"step": step, "loss": round(value, 5), "lr": learning_rate(config, step - 1),
                     "wall_s": round(elapsed, 1), "steps_per_s": round(step / elapsed, 2)}
