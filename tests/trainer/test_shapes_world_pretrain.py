@@ -82,3 +82,11 @@ def test_stop_at_step_saves_that_step_under_the_schedule_of_the_full_run(tmp_pat
     assert pretrain(config)["step"] == 2
     info = json.loads((out / "shapes_model.json").read_text())
     assert info["step"] == 2 and info["pretrain_config"]["steps"] == 50
+
+
+def test_a_continuation_starts_from_the_given_checkpoint(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    pretrain(PretrainConfig(out_dir=str(first), steps=2, **TINY))
+    pretrain(PretrainConfig(out_dir=str(second), steps=1, init_from=str(first), lr=0.0, **TINY))
+    wa, wb = weights(first), weights(second)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -64,6 +64,7 @@ class PretrainConfig:
     threads: int = 1  # torch CPU threads (1: on a shared, busy CPU more threads were up to 10x slower per step)
     steps: int = 20000  # optimizer steps (the run also stops at time_limit_s)
     time_limit_s: float = 0.0  # wall-clock budget in seconds; 0 = none. A stop saves the checkpoint
+    init_from: str = ""  # checkpoint directory whose (EMA) weights start this run (a continuation); "" = random init
     stop_at_step: int = 0  # stop (and save) after this step without changing the lr schedule; 0 = run to `steps`
     batch_size: int = 256  # images per step
     lr: float = 1e-3  # AdamW peak learning rate
@@ -193,6 +194,15 @@ def save_checkpoint(transformer, text, config: PretrainConfig, meta: dict) -> No
     shutil.rmtree(old, ignore_errors=True)
 
 
+def load_weights(transformer, text: ShapesTextEncoder, directory: Path) -> None:
+    """Copy a saved checkpoint's weights into freshly built modules (architectures must match exactly)."""
+    from safetensors.torch import load_file
+
+    for module, path in ((transformer, directory / "transformer" / "diffusion_pytorch_model.safetensors"),
+                         (text, directory / "text_encoder" / "model.safetensors")):
+        module.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
+
+
 def learning_rate(config: PretrainConfig, step: int) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -209,6 +219,8 @@ def pretrain(config: PretrainConfig) -> dict:
     device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if config.device == "auto" else config.device))
     transformer, text = build_models(config)
+    if config.init_from:
+        load_weights(transformer, text, Path(config.init_from))
     transformer.to(device).train()
     text.to(device).train()
     ema_transformer, ema_text = copy.deepcopy(transformer).eval(), copy.deepcopy(text).eval()
