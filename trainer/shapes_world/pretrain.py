@@ -19,16 +19,24 @@ Saved (every `save_every` steps, at the end, and when `time_limit_s` runs out), 
 held-out GenEval scores when `eval_every` > 0). Weights are stored in fp16 (`save_dtype`) and loaded as fp32.
 
 The shipped checkpoint trainer/shapes_world/base_model/ was made on the project's shared 2-core CPU machine (one
-thread, about 1 step/s while others ran tests beside it; it stopped at the 55-minute time limit; its
-shapes_model.json records the step count, loss and held-out scores, base_model_log.jsonl beside it the loss curve):
+thread, 1-1.6 steps/s while others ran tests beside it) in two stages: 4000 steps from scratch, then a continuation
+from that stage's EMA weights with a mix richer in single-object and colour prompts, stopped by its time limit.
+Its shapes_model.json records the step count of the second stage, the loss and the held-out scores;
+base_model_stage1_log.jsonl and base_model_log.jsonl beside it hold the two loss curves.
 
-    python -m trainer.shapes_world.pretrain --out-dir trainer/shapes_world/base_model --device cpu --threads 1 \
-        --batch-size 64 --layers 4 --steps 4000 --warmup-steps 200 --ema-decay 0.998 --time-limit-s 3300 \
-        --log-every 50 --save-every 500 --eval-every 1000
+    python -m trainer.shapes_world.pretrain --out-dir /tmp/shapes_stage1/base_model_stage1 --device cpu \
+        --threads 1 --batch-size 64 --layers 4 --steps 4000 --warmup-steps 200 --ema-decay 0.998 \
+        --time-limit-s 3300 --log-every 50 --save-every 500 --eval-every 1000
+    python -m trainer.shapes_world.pretrain --init-from /tmp/shapes_stage1/base_model_stage1 \
+        --out-dir trainer/shapes_world/base_model --device cpu --threads 1 --batch-size 64 --layers 4 \
+        --steps 2000 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --time-limit-s 1500 --log-every 50 \
+        --save-every 500 --eval-every 0 --eval-samples 8 --mix-single-object 0.35 --mix-colors 0.3 \
+        --mix-two-object 0.1 --mix-counting 0.05 --mix-position 0.05 --mix-color-attr 0.15
 
-Because it stopped on wall-clock time, a rerun on another machine reproduces it exactly only up to the step it
-reached (the weights at a given step are bit-identical on the CPU); pass `--stop-at-step <that step> --time-limit-s 0`
-for an exact replay. On a GPU (`--device cuda --batch-size 256 --num-workers 12`) it runs far faster.
+(The first stage was run with --out-dir trainer/shapes_world/base_model and moved; its log is the stage-1 log.)
+A stage stopped by wall-clock time is reproduced exactly (the weights at a given step are bit-identical on the CPU)
+with `--stop-at-step <the step it reached> --time-limit-s 0`. On a GPU (`--device cuda --batch-size 256
+--num-workers 12`) the same code runs far faster.
 """
 from __future__ import annotations
 
