@@ -86,6 +86,7 @@ class OptimConfig:
     """Optimizer, schedule length and the EMA of the LoRA weights."""
 
     steps: int = knob(100, "optimizer steps to train in total (the run stops exactly there)")
+    nfe_budget: int = knob(0, "also stop after the epoch in which the model evaluations (sampling + training + reference NFE, count) reach this; 0 = no budget")
     lr: float = knob(3e-4, "AdamW learning rate on the LoRA parameters (Flow-GRPO: 3e-4)")
     weight_decay: float = knob(1e-4, "AdamW decoupled weight decay")
     adam_beta1: float = knob(0.9, "AdamW beta1")

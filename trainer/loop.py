@@ -12,7 +12,9 @@ One epoch (design.md "The trainer"; algorithm-agnostic through trainer.algorithm
    optimizer steps of `grad_accumulation` units (loss / units in the step), LoRA gradients are averaged over
    ranks, clipped to `grad_clip`, AdamW steps, and the EMA updates every `ema_interval` steps;
 5. rank 0 logs (JSONL + TensorBoard + progress bar), writes image grids, evaluates, and checkpoints.
-The run stops after exactly `steps` optimizer steps (the last epoch may use fewer of its units).
+The run stops after exactly `steps` optimizer steps (the last epoch may use fewer of its units), or earlier after the
+epoch in which the model evaluations reach `nfe_budget` (budget-matched comparisons of algorithms; rank-local counts,
+equal on every rank).
 
 Determinism: rollout noise depends only on (seed, group number); the minibatch shuffle on (seed, epoch, rank);
 global RNGs are reseeded per epoch from (seed, epoch, rank). So a resumed run (checkpoints at epoch ends hold the
@@ -323,6 +325,12 @@ class Trainer:
             self._message(f"eval at step {self.step}: {metrics}")
         barrier(self.ctx)
 
+    def nfe_budget_spent(self) -> bool:
+        """True once the algorithm's model evaluations reach --nfe-budget (never when it is 0)."""
+        budget = self.config.optim.nfe_budget
+        cost = self.algo.cost
+        return budget > 0 and cost.sampling_nfe + cost.training_nfe + cost.reference_nfe >= budget
+
     # ----------------------------------------------------------------------------------------------- run
     def run(self) -> RunSummary:
         cfg = self.config
@@ -342,7 +350,7 @@ class Trainer:
             if resumed:
                 self._message(f"resumed from {resumed} at step {self.step}, epoch {self.epoch}")
             interval = cfg.checkpoint.checkpoint_interval
-            while self.step < cfg.optim.steps:
+            while self.step < cfg.optim.steps and not self.nfe_budget_spent():
                 self.train_epoch()
                 self._maybe_evaluate()
                 if self.step < cfg.optim.steps and interval and self.epoch % interval == 0:

@@ -74,3 +74,13 @@ def test_evaluation_uses_the_ema_weights_and_leaves_the_trained_weights_untouche
     assert ema_images.dtype == torch.uint8 and ema_images.shape[0] == 2
     evals = read_metrics(tmp_path / "run", "eval")
     assert [e["step"] for e in evals] == [1, 2] and all("reward/bright/raw_mean" in e for e in evals)
+
+
+def test_an_nfe_budget_stops_the_run_after_the_epoch_that_reaches_it(tiny_sd3_dir, tmp_path):
+    # an epoch (2 groups x 4 images, 4 steps, no CFG) costs 32 sampling forwards plus up to 24 trained + 24 reference
+    trainer = make_trainer(tiny_sd3_dir, tmp_path, steps=100, num_steps=4, image_interval=0, nfe_budget=100)
+    summary = trainer.run()
+    epochs = read_metrics(tmp_path / "run", "epoch")
+    spent = [e["cost"]["sampling_nfe"] + e["cost"]["training_nfe"] + e["cost"]["reference_nfe"] for e in epochs]
+    assert summary.steps < 100 and summary.epochs == len(epochs)
+    assert len(epochs) >= 2 and spent[-1] >= 100 and all(s < 100 for s in spent[:-1])

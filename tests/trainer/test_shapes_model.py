@@ -112,3 +112,30 @@ def test_the_shipped_checkpoint_loads_by_default():
     cond = model.encode_prompts(PROMPTS, with_negative=True)
     v = model.velocity(torch.randn(2, *model.latent_shape()), 1.0, cond, guidance_scale=2.0)
     assert v.shape == (2, 3, 32, 32) and torch.isfinite(v).all()
+
+
+def test_a_saved_lora_loads_back_with_its_rank_and_gives_the_same_velocity(checkpoint, tmp_path):
+    from trainer.models.transformer_flow import saved_lora_shape
+    from trainer.shapes_world.evaluate import load_model as load_with_lora
+
+    trained = ShapesFlowModel(checkpoint, ShapesConfig(device="cpu", lora_rank=2, lora_alpha=3.0))
+    with torch.no_grad():
+        for param in trained.trainable_parameters():
+            param.normal_(0, 0.1)
+    trained.save_lora(str(tmp_path / "lora"))
+    assert saved_lora_shape(tmp_path / "lora") == (2, 3.0)
+    loaded = load_with_lora(str(checkpoint), str(tmp_path / "lora"))
+    x = torch.randn(2, *trained.latent_shape(), generator=torch.Generator().manual_seed(0))
+    cond = trained.encode_prompts(PROMPTS, with_negative=True)
+    with torch.no_grad():
+        expected = trained.velocity(x, 0.5, cond, 3.0)
+        assert torch.allclose(loaded.velocity(x, 0.5, cond, 3.0), expected, atol=1e-6)
+        with loaded.reference():
+            assert not torch.allclose(loaded.velocity(x, 0.5, cond, 3.0), expected, atol=1e-4)
+
+
+def test_loading_a_lora_of_another_rank_is_refused(checkpoint, tmp_path):
+    ShapesFlowModel(checkpoint, ShapesConfig(device="cpu", lora_rank=2)).save_lora(str(tmp_path / "lora"))
+    model = ShapesFlowModel(checkpoint, ShapesConfig(device="cpu", lora_rank=4))
+    with pytest.raises((KeyError, RuntimeError)):
+        model.load_lora(str(tmp_path / "lora"))

@@ -17,7 +17,9 @@ always fp32 (as Flow-GRPO keeps its trainable parameters), and the velocity is r
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -31,7 +33,21 @@ FLOW_GRPO_LORA_TARGETS: tuple[str, ...] = (
 )
 
 _ADAPTER_NAME = "default"  # the one peft adapter this model trains
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # the file save_lora writes (diffusers' name)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def saved_lora_shape(directory: str | Path) -> tuple[int, float]:
+    """(rank r, alpha) of a LoRA written by `TransformerFlowModel.save_lora`, from its adapter metadata."""
+    from safetensors import safe_open
+
+    path = Path(directory) / LORA_WEIGHTS_NAME
+    with safe_open(str(path), framework="pt") as handle:
+        raw = json.loads((handle.metadata() or {}).get("lora_adapter_metadata", "{}"))
+    metadata = {key.removeprefix("transformer."): value for key, value in raw.items()}  # diffusers prefixes keys
+    if "r" not in metadata:
+        raise ValueError(f"{path} carries no LoRA adapter metadata (rank, alpha)")
+    return int(metadata["r"]), float(metadata["lora_alpha"])
 
 
 @dataclass
@@ -161,6 +177,17 @@ class TransformerFlowModel(FlowModel):
         with torch.no_grad():
             for key, param in self._lora_params.items():
                 param.copy_(state[key])
+
+    def load_lora(self, directory: str) -> None:
+        """Load a LoRA written by `save_lora` (`pytorch_lora_weights.safetensors`, keys `transformer.<module>...`);
+        its rank must be this model's (`saved_lora_shape` reads it from the file first)."""
+        from safetensors.torch import load_file
+
+        path = Path(directory) / LORA_WEIGHTS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no LoRA weights at {path}")
+        state = {key.removeprefix("transformer."): value for key, value in load_file(str(path)).items()}
+        self.load_lora_state_dict(state)
 
     def save_lora(self, directory: str) -> None:
         """Write `pytorch_lora_weights.safetensors` (+ the LoRA config as metadata, so alpha/r survive) in the form

@@ -28,6 +28,7 @@ class EvalConfig:
     """What is sampled and how."""
 
     model_dir: str = ""  # checkpoint directory; empty = the shipped base model
+    lora_dir: str = ""  # a LoRA saved by the trainer (e.g. runs/x/lora) applied to the model; empty = none
     prompt_file: str = str(HELDOUT_FILE)  # GenEval metadata JSONL
     samples: int = 8  # images per prompt
     steps: int = 20  # Euler steps
@@ -66,6 +67,21 @@ def sample(model: FlowModel, prompts: list[str], steps: int, guidance: float, ge
     return model.decode(x)
 
 
+def load_model(model_dir: str = "", lora_dir: str | None = None, device: str = "cpu") -> FlowModel:
+    """The shapes model at `model_dir` (empty = the shipped base), with a LoRA saved by the trainer when given."""
+    from trainer.models.shapes import ShapesConfig, ShapesFlowModel
+    from trainer.models.transformer_flow import saved_lora_shape
+
+    lora_shape = {}
+    if lora_dir:
+        rank, alpha = saved_lora_shape(lora_dir)
+        lora_shape = {"lora_rank": rank, "lora_alpha": alpha}
+    model = ShapesFlowModel(model_dir or None, ShapesConfig(device=device, **lora_shape))
+    if lora_dir:
+        model.load_lora(lora_dir)
+    return model
+
+
 def evaluate(model: FlowModel, config: EvalConfig) -> tuple[dict[str, float], np.ndarray, list[Metadata]]:
     entries = [e for e in read_jsonl(config.prompt_file) for _ in range(config.samples)]
     generator = torch.Generator().manual_seed(config.seed)
@@ -78,14 +94,13 @@ def evaluate(model: FlowModel, config: EvalConfig) -> tuple[dict[str, float], np
 
 def main(argv: list[str] | None = None) -> None:
     from trainer.image_grid import save_grid
-    from trainer.models.shapes import ShapesConfig, ShapesFlowModel
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for name, value in asdict(EvalConfig()).items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     config = EvalConfig(**vars(parser.parse_args(argv)))
     torch.set_num_threads(config.threads)
-    model = ShapesFlowModel(config.model_dir or None, ShapesConfig(device="cpu"))
+    model = load_model(config.model_dir, config.lora_dir or None)
     summary, images, _ = evaluate(model, config)
     if config.grid:
         save_grid(images, config.grid, columns=config.samples)

@@ -1,0 +1,169 @@
+"""Flow-GRPO, Flow-GRPO (Fixed), TempFlow-GRPO and Pave-GRPO on the shapes world at an equal budget of model
+evaluations, several seeds each: final held-out GenEval accuracy, NFE to reach a held-out reward, reward curves.
+
+    python bench/algorithms.py --seeds 0 1 2 --nfe-budget 40000 --jobs 2 --out runs/bench-algorithms
+
+One GenEval service (shapes detector, partial-credit reward) serves every run over HTTP. Each run is a real
+`python -m trainer` process on the shipped base model with the same LoRA, optimiser and sampler settings
+(COMMON_FLAGS) and its algorithm's rollout plan (ALGORITHM_FLAGS, scaled down from the papers' to the shapes world),
+stopped by `--nfe-budget` (sampling + training + reference forwards, CFG counting 2) after the epoch that reaches it.
+After every epoch the trainer evaluates the held-out prompts with the deterministic sampler and logs their mean
+partial-credit reward; that curve (against NFE) gives "NFE to reach --threshold". At the end each run's LoRA is
+scored with GenEval's strict rules on `--eval-samples` images per held-out prompt. Printed: a table of mean and
+min-max over seeds; written: results.json and two plots (held-out reward vs NFE, rollout reward vs NFE).
+Runs execute `--jobs` at a time, one torch thread each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.common.launcher import REPO_ROOT, running_service  # noqa: E402
+from trainer.reward_curve import CurvePoint, plot_reward_curves, read_reward_curve  # noqa: E402
+
+COMMON_FLAGS: tuple[str, ...] = (
+    "--num-steps", "10", "--guidance-scale", "3.0", "--lr", "1e-3",
+    "--lora-rank", "16", "--lora-alpha", "32", "--ema-decay", "0", "--grad-accumulation", "3",
+    "--eval-interval", "1", "--eval-num-steps", "10", "--eval-guidance-scale", "3.0", "--eval-num-prompts", "42",
+    "--image-interval", "0", "--checkpoint-interval", "0", "--no-tensorboard", "--no-progress-bar",
+    "--steps", "1000000",
+)
+PPO_FLAGS = ("--clip-range", "0.2", "--kl-beta", "0.0")  # the PPO-style algorithms (Pave's loss has neither)
+ALGORITHM_FLAGS: dict[str, tuple[str, ...]] = {  # images scored per epoch: 96 / 96 / 144 / 150
+    "flow_grpo": ("--algo", "flow_grpo", "--group-size", "8", "--groups-per-epoch", "12", "--train-batch-size", "8",
+                  *PPO_FLAGS),
+    "flow_grpo_fixed": ("--algo", "flow_grpo_fixed", "--group-size", "8", "--groups-per-epoch", "12",
+                        "--train-batch-size", "8", *PPO_FLAGS),
+    "tempflow": ("--algo", "tempflow", "--group-size", "4", "--groups-per-epoch", "6", "--train-batch-size", "4",
+                 *PPO_FLAGS, "--algo-options", json.dumps({"seeds_per_prompt": 1, "branch_steps": [0, 1, 2, 3, 4, 5]})),
+    "pave": ("--algo", "pave", "--group-size", "6", "--groups-per-epoch", "6", "--train-batch-size", "2",
+             "--algo-options", json.dumps({"branch_steps": [0, 2, 4, 6]})),
+}
+
+
+@dataclass
+class RunResult:
+    algo: str  # algorithm name
+    seed: int  # training seed
+    run_dir: str  # the trainer's output directory
+    wall_s: float  # wall time of the training process, seconds
+    rollout_curve: list[CurvePoint]  # rollout reward per epoch
+    heldout_curve: list[CurvePoint]  # held-out (deterministic sampler) reward after each epoch
+    strict: dict[str, float]  # final GenEval strict accuracy per tag + overall
+
+
+def read_heldout_curve(metrics_path: Path, rollout: list[CurvePoint]) -> list[CurvePoint]:
+    """The trainer's eval records (after each epoch), with the NFE spent by that epoch."""
+    evals = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    evals = [r for r in evals if r.get("kind") == "eval"]
+    return [CurvePoint(step=p.step, nfe=p.nfe, reward=float(r["reward_mixed_mean"])) for p, r in zip(rollout, evals)]
+
+
+def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -> RunResult:
+    from trainer.shapes_world.evaluate import EvalConfig, evaluate, load_model
+
+    run_dir = Path(args.out) / f"{algo}-seed{seed}"
+    command = [sys.executable, "-m", "trainer", "--reward-url", f"name=geneval,url={reward_url}",
+               "--seed", str(seed), "--output-dir", str(run_dir), "--nfe-budget", str(args.nfe_budget),
+               *COMMON_FLAGS, *ALGORITHM_FLAGS[algo]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    started = time.monotonic()
+    with open(Path(args.out) / f"{algo}-seed{seed}.log", "w") as log:
+        subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    wall = time.monotonic() - started
+    rollout = read_reward_curve(run_dir / "metrics.jsonl")
+    heldout = read_heldout_curve(run_dir / "metrics.jsonl", rollout)
+    model = load_model("", str(run_dir / "lora"))
+    strict, _, _ = evaluate(model, EvalConfig(samples=args.eval_samples, steps=10, guidance=3.0, shift=3.0,
+                                              seed=1000 + seed))
+    print(f"[bench] {algo} seed {seed}: {len(rollout)} epochs, {rollout[-1].nfe} NFE, {wall:.0f} s, "
+          f"strict overall {strict['overall']:.3f}", flush=True)
+    return RunResult(algo, seed, str(run_dir), wall, rollout, heldout, strict)
+
+
+def nfe_to_reach(curve: list[CurvePoint], threshold: float) -> int | None:
+    return next((p.nfe for p in curve if p.reward >= threshold), None)
+
+
+def spread(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def table(results: list[RunResult], threshold: float, base: dict[str, float]) -> str:
+    lines = [f"| algorithm | runs | epochs | NFE spent | held-out strict overall | single | two | counting | colors "
+             f"| position | color_attr | NFE to held-out reward >= {threshold} (reached) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| base model | - | - | 0 | {base['overall']:.3f} | " + " | ".join(
+                 f"{base[t]:.3f}" for t in ("single_object", "two_object", "counting", "colors", "position",
+                                             "color_attr")) + " | - |"]
+    for algo in ALGORITHM_FLAGS:
+        runs = [r for r in results if r.algo == algo]
+        if not runs:
+            continue
+        reached = [nfe_to_reach(r.heldout_curve, threshold) for r in runs]
+        hit = [n for n in reached if n is not None]
+        reach = f"{np.mean(hit):.0f} ({len(hit)}/{len(runs)})" if hit else f"- (0/{len(runs)})"
+        tags = " | ".join(f"{np.mean([r.strict[t] for r in runs]):.3f}" for t in
+                          ("single_object", "two_object", "counting", "colors", "position", "color_attr"))
+        lines.append(f"| {algo} | {len(runs)} | {np.mean([len(r.rollout_curve) for r in runs]):.1f} | "
+                     f"{np.mean([r.rollout_curve[-1].nfe for r in runs]):.0f} | "
+                     f"{spread([r.strict['overall'] for r in runs])} | {tags} | {reach} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--algos", nargs="+", default=list(ALGORITHM_FLAGS), choices=list(ALGORITHM_FLAGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per algorithm")
+    parser.add_argument("--nfe-budget", type=int, default=40000, help="model evaluations per run (count)")
+    parser.add_argument("--threshold", type=float, default=0.3,
+                        help="held-out partial-credit reward whose first crossing is reported (NFE)")
+    parser.add_argument("--eval-samples", type=int, default=4, help="images per held-out prompt, final strict eval")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--out", default="runs/bench-algorithms", help="output directory")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    from trainer.shapes_world.evaluate import EvalConfig, evaluate, load_model
+
+    torch.set_num_threads(args.threads)
+    base, _, _ = evaluate(load_model(), EvalConfig(samples=args.eval_samples, steps=10, guidance=3.0, shift=3.0,
+                                                   seed=1000))
+    print(f"[bench] base model strict: {json.dumps({k: round(v, 3) for k, v in base.items()})}", flush=True)
+    jobs = [(algo, seed) for seed in args.seeds for algo in args.algos]
+    with running_service("services.geneval", "--detector", "shapes", "--max-batch-items", "64",
+                         log_dir=out) as service:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda job: train_one(job[0], job[1], args, service.url), jobs))
+    text = table(results, args.threshold, base)
+    print(text, flush=True)
+    (out / "table.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps({
+        "nfe_budget": args.nfe_budget, "threshold": args.threshold, "base_strict": base,
+        "runs": [{"algo": r.algo, "seed": r.seed, "run_dir": r.run_dir, "wall_s": r.wall_s, "strict": r.strict,
+                  "rollout_curve": [vars(p) for p in r.rollout_curve],
+                  "heldout_curve": [vars(p) for p in r.heldout_curve]} for r in results]}, indent=1) + "\n")
+    for name, attr, ylabel in (("heldout_reward_vs_nfe.png", "heldout_curve", "held-out partial-credit reward"),
+                               ("rollout_reward_vs_nfe.png", "rollout_curve", "rollout partial-credit reward")):
+        curves = {algo: [getattr(r, attr) for r in results if r.algo == algo] for algo in args.algos}
+        plot_reward_curves(curves, out / name, x="nfe", ylabel=ylabel,
+                           title=f"shapes world, {len(args.seeds)} seeds, budget {args.nfe_budget} NFE")
+    print(f"[bench] wrote {out / 'table.md'}, {out / 'results.json'}, {out / 'heldout_reward_vs_nfe.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The one-command demo of the shapes world: a GenEval reward service, TempFlow-GRPO training over HTTP, before/after.
+
+    python -m trainer.shapes_world.demo                 # ~15-20 minutes on 2 CPU cores
+    python -m trainer.shapes_world.demo --steps 4 --eval-samples 1   # a quick smoke run
+
+What it does, in order (everything lands in --out-dir):
+1. starts `python -m services.geneval --detector shapes` on 127.0.0.1 (a free port) as a real service process;
+2. evaluates the base model on the held-out prompts (GenEval strict accuracy per tag, shapes detector, in process:
+   trainer.shapes_world.evaluate) and writes `before.png` (one row per prompt);
+3. trains the base model's LoRA with `python -m trainer --algo tempflow --reward-url <the service>` (a separate
+   process, images sent as raw protobuf) for a fixed number of optimizer steps; its run directory is `run/`
+   (metrics.jsonl, TensorBoard, checkpoints, image grids, the final LoRA in run/lora);
+4. loads run/lora into the base model, evaluates the same prompts from the same noise, writes `after.png`;
+5. plots the rollout reward per optimizer step from run/metrics.jsonl as `reward_curve.png`, prints the held-out
+   accuracy before and after per tag, and writes everything as `summary.json`.
+
+The evaluation sampler is the deterministic Euler ODE on the trainer's shifted schedule with the training guidance,
+so "before" and "after" differ only by the LoRA. Extra trainer flags go after `--` and override the demo's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from services.common.launcher import REPO_ROOT, running_service
+from trainer.reward_curve import plot_reward_curves, read_reward_curve
+from trainer.shapes_world.evaluate import EvalConfig, evaluate, load_model
+from trainer.shapes_world.prompts import HELDOUT_FILE
+
+# TempFlow-GRPO settings of the demo (scaled down from the paper's to fit ~15 minutes of 2 CPU cores)
+DEMO_TRAINER_FLAGS: tuple[str, ...] = (
+    "--algo", "tempflow",
+    "--num-steps", "10",  # N sampling steps of a rollout
+    "--guidance-scale", "3.0",  # CFG in rollouts and training
+    "--group-size", "4",  # B branches per (seed, branch step)
+    "--groups-per-epoch", "6",  # prompts per epoch
+    "--train-batch-size", "4",  # (seed, branch step) pairs per minibatch
+    "--grad-accumulation", "3",  # minibatches per optimizer step
+    "--lr", "1e-3",
+    "--clip-range", "0.2",
+    "--kl-beta", "0.0",
+    "--lora-rank", "16", "--lora-alpha", "32",
+    "--ema-decay", "0",
+    "--algo-options", json.dumps({"seeds_per_prompt": 2, "branch_steps": [0, 1, 2, 3, 4, 5]}),
+    "--image-interval", "5",
+    "--checkpoint-interval", "5",
+    "--no-tensorboard",
+)
+
+
+@dataclass
+class DemoConfig:
+    """What the demo runs; trainer settings beyond these come from DEMO_TRAINER_FLAGS and `trainer_flags`."""
+
+    out_dir: str = "runs/shapes-demo"  # directory of the grids, the plot, summary.json and the training run
+    model_dir: str = ""  # base checkpoint directory; empty = the shipped trainer/shapes_world/base_model
+    steps: int = 40  # optimizer steps of the TempFlow-GRPO run
+    seed: int = 0  # seeds the training run and the evaluation noise
+    eval_samples: int = 4  # images per held-out prompt in the before/after evaluations
+    eval_steps: int = 10  # Euler steps of the evaluation sampler (the rollouts' N)
+    eval_guidance: float = 3.0  # CFG scale of the evaluation sampler (the rollouts' scale)
+    eval_shift: float = 3.0  # SD3 time shift of the evaluation sampler (the trainer's default)
+    threads: int = 2  # torch CPU threads of the evaluations (the trainer uses torch's default)
+    trainer_flags: list[str] = field(default_factory=list)  # extra `python -m trainer` flags (after `--`)
+
+
+def heldout_accuracy(lora_dir: str | None, config: DemoConfig, grid: Path) -> dict[str, float]:
+    """GenEval strict accuracy per tag on the held-out prompts of the base model (+ a LoRA); writes the grid."""
+    from trainer.image_grid import save_grid
+
+    model = load_model(config.model_dir, lora_dir)
+    eval_config = EvalConfig(prompt_file=str(HELDOUT_FILE), samples=config.eval_samples, steps=config.eval_steps,
+                             guidance=config.eval_guidance, shift=config.eval_shift, seed=config.seed)
+    summary, images, _ = evaluate(model, eval_config)
+    save_grid(images, grid, columns=config.eval_samples)
+    return summary
+
+
+def trainer_command(config: DemoConfig, reward_url: str, run_dir: Path) -> list[str]:
+    """`python -m trainer ...` for the demo run (the demo's flags, then the user's overrides)."""
+    return [sys.executable, "-m", "trainer", "--reward-url", f"name=geneval,url={reward_url}",
+            "--steps", str(config.steps), "--seed", str(config.seed), "--output-dir", str(run_dir),
+            *(["--model-path", config.model_dir] if config.model_dir else []),
+            *DEMO_TRAINER_FLAGS, *config.trainer_flags]
+
+
+def format_table(before: dict[str, float], after: dict[str, float]) -> str:
+    lines = [f"{'tag':<14}{'before':>8}{'after':>8}{'change':>8}"]
+    for tag in before:
+        lines.append(f"{tag:<14}{before[tag]:>8.3f}{after[tag]:>8.3f}{after[tag] - before[tag]:>+8.3f}")
+    return "\n".join(lines)
+
+
+def run_demo(config: DemoConfig) -> dict:
+    out = Path(config.out_dir).resolve()
+    run_dir = out / "run"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} holds an earlier run; choose another --out-dir or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    started = time.monotonic()
+    print(f"[demo] held-out GenEval accuracy of the base model ({config.eval_samples} samples per prompt) ...",
+          flush=True)
+    before = heldout_accuracy(None, config, out / "before.png")
+    print(f"[demo] before: {json.dumps({k: round(v, 3) for k, v in before.items()})}", flush=True)
+    with running_service("services.geneval", "--detector", "shapes", log_dir=out) as service:
+        print(f"[demo] GenEval reward service (shapes detector) ready at {service.url}; log {service.log_path}",
+              flush=True)
+        command = trainer_command(config, service.url, run_dir)
+        print("[demo] " + " ".join(command), flush=True)
+        train_started = time.monotonic()
+        subprocess.run(command, cwd=REPO_ROOT, check=True)
+        train_s = time.monotonic() - train_started
+    after = heldout_accuracy(str(run_dir / "lora"), config, out / "after.png")
+    curve = read_reward_curve(run_dir / "metrics.jsonl")
+    plot_reward_curves({"TempFlow-GRPO": [curve]}, out / "reward_curve.png",
+                       title="shapes world: GenEval partial-credit reward of the rollouts")
+    summary = {"heldout_strict_before": before, "heldout_strict_after": after,
+               "overall_change": after["overall"] - before["overall"], "train_s": round(train_s, 1),
+               "total_s": round(time.monotonic() - started, 1),
+               "reward_curve": [asdict(p) for p in curve], "config": asdict(config),
+               "trainer_command": command[1:]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("[demo] held-out GenEval strict accuracy (shapes detector)\n" + format_table(before, after), flush=True)
+    print(f"[demo] training {train_s / 60:.1f} min, total {summary['total_s'] / 60:.1f} min; wrote "
+          f"{out / 'before.png'}, {out / 'after.png'}, {out / 'reward_curve.png'}, {out / 'summary.json'}",
+          flush=True)
+    return summary
+
+
+def config_from_args(argv: list[str] | None = None) -> DemoConfig:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     epilog="Flags after `--` go to `python -m trainer` unchanged.")
+    for name, value in asdict(DemoConfig()).items():
+        if name != "trainer_flags":
+            parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    return DemoConfig(**vars(parser.parse_args(argv)), trainer_flags=extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_demo(config_from_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
