@@ -63,13 +63,6 @@ class RunResult:
     strict: dict[str, float]  # final GenEval strict accuracy per tag + overall
 
 
-def read_heldout_curve(metrics_path: Path, rollout: list[CurvePoint]) -> list[CurvePoint]:
-    """The trainer's eval records (after each epoch), with the NFE spent by that epoch."""
-    evals = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    evals = [r for r in evals if r.get("kind") == "eval"]
-    return [CurvePoint(step=p.step, nfe=p.nfe, reward=float(r["reward_mixed_mean"])) for p, r in zip(rollout, evals)]
-
-
 def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -> RunResult:
     from trainer.shapes_world.evaluate import EvalConfig, evaluate, load_model
 
@@ -83,7 +76,7 @@ def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -
         subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     wall = time.monotonic() - started
     rollout = read_reward_curve(run_dir / "metrics.jsonl")
-    heldout = read_heldout_curve(run_dir / "metrics.jsonl", rollout)
+    heldout = read_reward_curve(run_dir / "metrics.jsonl", kind="eval")
     model = load_model("", str(run_dir / "lora"))
     strict, _, _ = evaluate(model, EvalConfig(samples=args.eval_samples, steps=10, guidance=3.0, shift=3.0,
                                               seed=1000 + seed))

@@ -1,8 +1,9 @@
 """Reward curves of training runs: read them from a run's metrics.jsonl and plot one or several as a PNG.
 
-A point is one epoch record of the loop (trainer.loop, kind "epoch"): the optimizer steps done, the model
-evaluations spent so far (sampling + training + reference NFE, from the algorithm's cumulative `cost`) and the mean
-mixed reward of that epoch's rollout images. Plotting uses matplotlib's Agg backend (no display needed).
+A point is one epoch of the loop (trainer.loop): the optimizer steps done, the model evaluations spent so far
+(sampling + training + reference NFE, from the algorithm's cumulative `cost`) and a reward: the mean mixed reward of
+that epoch's rollout images (noisy: each epoch draws other prompts), or of the held-out evaluation that followed
+it. Plotting uses matplotlib's Agg backend (no display needed).
 """
 from __future__ import annotations
 
@@ -22,18 +23,27 @@ class CurvePoint:
     reward: float  # mean mixed reward of the epoch's rollout images
 
 
-def read_reward_curve(metrics_path: str | Path) -> list[CurvePoint]:
-    """The epoch records of a metrics.jsonl, in order (a resumed run's repeated epochs keep the last record)."""
-    points: dict[int, CurvePoint] = {}
+def read_reward_curve(metrics_path: str | Path, kind: str = "epoch") -> list[CurvePoint]:
+    """One point per epoch of a metrics.jsonl, in order (a resumed run's repeated epochs keep the last record).
+
+    kind "epoch": the mean mixed reward of each epoch's rollout images; kind "eval": the held-out evaluation after
+    an epoch (deterministic sampler, fixed prompts and noise: comparable across epochs), at that epoch's step/NFE.
+    """
+    epochs: dict[int, tuple[int, int, float]] = {}  # epoch -> (step, nfe, rollout reward)
+    evals: dict[int, float] = {}  # epoch -> held-out reward
     for line in Path(metrics_path).read_text().splitlines():
         record = json.loads(line)
-        if record.get("kind") != "epoch":
-            continue
-        cost = record.get("cost") or {}
-        nfe = int(cost.get("sampling_nfe", 0) + cost.get("training_nfe", 0) + cost.get("reference_nfe", 0))
-        points[int(record["epoch"])] = CurvePoint(step=int(record["step"]), nfe=nfe,
-                                                  reward=float(record["reward/global_mixed_mean"]))
-    return [points[epoch] for epoch in sorted(points)]
+        if record.get("kind") == "epoch":
+            cost = record.get("cost") or {}
+            nfe = int(cost.get("sampling_nfe", 0) + cost.get("training_nfe", 0) + cost.get("reference_nfe", 0))
+            epochs[int(record["epoch"])] = (int(record["step"]), nfe, float(record["reward/global_mixed_mean"]))
+        elif record.get("kind") == "eval":
+            evals[int(record["epoch"])] = float(record["reward_mixed_mean"])
+    if kind == "epoch":
+        return [CurvePoint(*epochs[e]) for e in sorted(epochs)]
+    if kind == "eval":
+        return [CurvePoint(epochs[e][0], epochs[e][1], evals[e]) for e in sorted(evals) if e in epochs]
+    raise ValueError(f"kind must be 'epoch' or 'eval', got {kind!r}")
 
 
 def plot_reward_curves(curves: dict[str, list[list[CurvePoint]]], path: str | Path, *, x: str = "step",

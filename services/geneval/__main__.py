@@ -1,9 +1,9 @@
 """`python -m services.geneval --detector shapes [--port N]`: serve the GenEval reward.
 
 `--detector shapes` serves the classical shapes-world detector (no weights). `--detector mmdet` serves Mask2Former +
-GenEval's CLIP colour classifier from services.geneval.mmdet_backend, imported only then (it needs mmdet, mmcv and
-open_clip). That module provides `add_arguments(parser)` (its own flags: config, checkpoint, CLIP weights, device)
-and `build_backend(args) -> DetectorBackend`.
+GenEval's CLIP colour classifier from services.geneval.mmdet_backend, imported only then (it needs mmdet, mmcv and,
+for the CLIP colour classifier, transformers). That module provides `add_arguments(parser)` (its own flags: config,
+checkpoint, CLIP weights, device) and `build_backend(args) -> DetectorBackend`.
 
 Scoring flags: `--reward {partial,strict}` picks the reply's value (both are always components), and GenEval's
 thresholds can be changed (the defaults are the official ones). The shared service flags (`--host`, `--port`,

@@ -35,3 +35,10 @@ def test_curves_of_several_runs_are_plotted_into_one_png(tmp_path):
     path = plot_reward_curves({"a": runs, "b": runs[:1]}, tmp_path / "plots" / "curve.png", x="nfe")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_the_held_out_curve_takes_each_evaluation_at_its_epochs_step_and_nfe(tmp_path):
+    write_metrics(tmp_path / "metrics.jsonl", [(2, 0.1, 100), (4, 0.3, 200)])
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "eval", "step": 4, "epoch": 2, "reward_mixed_mean": 0.25}) + "\n")
+    assert read_reward_curve(tmp_path / "metrics.jsonl", kind="eval") == [CurvePoint(4, 215, 0.25)]

@@ -1,18 +1,19 @@
 """The one-command demo of the shapes world: a GenEval reward service, TempFlow-GRPO training over HTTP, before/after.
 
     python -m trainer.shapes_world.demo                 # ~15-20 minutes on 2 CPU cores
-    python -m trainer.shapes_world.demo --steps 4 --eval-samples 1   # a quick smoke run
+    python -m trainer.shapes_world.demo --nfe-budget 5000 --eval-samples 1   # a quick smoke run
 
 What it does, in order (everything lands in --out-dir):
 1. starts `python -m services.geneval --detector shapes` on 127.0.0.1 (a free port) as a real service process;
 2. evaluates the base model on the held-out prompts (GenEval strict accuracy per tag, shapes detector, in process:
    trainer.shapes_world.evaluate) and writes `before.png` (one row per prompt);
 3. trains the base model's LoRA with `python -m trainer --algo tempflow --reward-url <the service>` (a separate
-   process, images sent as raw protobuf) for a fixed number of optimizer steps; its run directory is `run/`
-   (metrics.jsonl, TensorBoard, checkpoints, image grids, the final LoRA in run/lora);
+   process, images sent as raw protobuf) for a fixed budget of model evaluations (`--nfe-budget`, the same work on
+   any machine), evaluating the held-out prompts' reward every 2 epochs; its run directory is `run/`
+   (metrics.jsonl, checkpoints, image grids, the final LoRA in run/lora);
 4. loads run/lora into the base model, evaluates the same prompts from the same noise, writes `after.png`;
-5. plots the rollout reward per optimizer step from run/metrics.jsonl as `reward_curve.png`, prints the held-out
-   accuracy before and after per tag, and writes everything as `summary.json`.
+5. plots the rollout and held-out rewards per optimizer step from run/metrics.jsonl as `reward_curve.png`, prints
+   the held-out accuracy before and after per tag, and writes everything as `summary.json`.
 
 The evaluation sampler is the deterministic Euler ODE on the trainer's shifted schedule with the training guidance,
 so "before" and "after" differ only by the LoRA. Extra trainer flags go after `--` and override the demo's.
@@ -39,16 +40,18 @@ DEMO_TRAINER_FLAGS: tuple[str, ...] = (
     "--algo", "tempflow",
     "--num-steps", "10",  # N sampling steps of a rollout
     "--guidance-scale", "3.0",  # CFG in rollouts and training
-    "--group-size", "4",  # B branches per (seed, branch step)
-    "--groups-per-epoch", "6",  # prompts per epoch
+    "--group-size", "6",  # B branches per (seed, branch step): one advantage group
+    "--groups-per-epoch", "12",  # prompts per epoch (one seed each)
     "--train-batch-size", "4",  # (seed, branch step) pairs per minibatch
-    "--grad-accumulation", "3",  # minibatches per optimizer step
-    "--lr", "1e-3",
-    "--clip-range", "0.2",
-    "--kl-beta", "0.0",
+    "--grad-accumulation", "6",  # minibatches per optimizer step
+    "--lr", "3e-4",
+    "--clip-range", "1e-3",
     "--lora-rank", "16", "--lora-alpha", "32",
     "--ema-decay", "0",
-    "--algo-options", json.dumps({"seeds_per_prompt": 2, "branch_steps": [0, 1, 2, 3, 4, 5]}),
+    "--algo-options", json.dumps({"seeds_per_prompt": 1, "branch_steps": [0, 1, 2, 3, 4, 5]}),
+    "--eval-interval", "2",  # held-out reward curve: every 2 epochs, all 42 prompts, deterministic sampler
+    "--eval-num-prompts", "42",
+    "--eval-num-steps", "10",
     "--image-interval", "5",
     "--checkpoint-interval", "5",
     "--no-tensorboard",
@@ -61,7 +64,8 @@ class DemoConfig:
 
     out_dir: str = "runs/shapes-demo"  # directory of the grids, the plot, summary.json and the training run
     model_dir: str = ""  # base checkpoint directory; empty = the shipped trainer/shapes_world/base_model
-    steps: int = 40  # optimizer steps of the TempFlow-GRPO run
+    nfe_budget: int = 240_000  # model evaluations of the TempFlow-GRPO run (sampling + training + reference)
+    steps: int = 100_000  # optimizer steps at most (the NFE budget ends the run first at the defaults)
     seed: int = 0  # seeds the training run and the evaluation noise
     eval_samples: int = 4  # images per held-out prompt in the before/after evaluations
     eval_steps: int = 10  # Euler steps of the evaluation sampler (the rollouts' N)
@@ -86,7 +90,8 @@ def heldout_accuracy(lora_dir: str | None, config: DemoConfig, grid: Path) -> di
 def trainer_command(config: DemoConfig, reward_url: str, run_dir: Path) -> list[str]:
     """`python -m trainer ...` for the demo run (the demo's flags, then the user's overrides)."""
     return [sys.executable, "-m", "trainer", "--reward-url", f"name=geneval,url={reward_url}",
-            "--steps", str(config.steps), "--seed", str(config.seed), "--output-dir", str(run_dir),
+            "--steps", str(config.steps), "--nfe-budget", str(config.nfe_budget), "--seed", str(config.seed),
+            "--output-dir", str(run_dir),
             *(["--model-path", config.model_dir] if config.model_dir else []),
             *DEMO_TRAINER_FLAGS, *config.trainer_flags]
 
@@ -120,12 +125,15 @@ def run_demo(config: DemoConfig) -> dict:
         train_s = time.monotonic() - train_started
     after = heldout_accuracy(str(run_dir / "lora"), config, out / "after.png")
     curve = read_reward_curve(run_dir / "metrics.jsonl")
-    plot_reward_curves({"TempFlow-GRPO": [curve]}, out / "reward_curve.png",
-                       title="shapes world: GenEval partial-credit reward of the rollouts")
+    heldout_curve = read_reward_curve(run_dir / "metrics.jsonl", kind="eval")
+    plot_reward_curves({"rollouts (each epoch other prompts)": [curve], "held-out prompts": [heldout_curve]},
+                       out / "reward_curve.png", ylabel="GenEval partial-credit reward",
+                       title="shapes world: TempFlow-GRPO over HTTP")
     summary = {"heldout_strict_before": before, "heldout_strict_after": after,
                "overall_change": after["overall"] - before["overall"], "train_s": round(train_s, 1),
                "total_s": round(time.monotonic() - started, 1),
-               "reward_curve": [asdict(p) for p in curve], "config": asdict(config),
+               "reward_curve": [asdict(p) for p in curve], "heldout_reward_curve": [asdict(p) for p in heldout_curve],
+               "config": asdict(config),
                "trainer_command": command[1:]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("[demo] held-out GenEval strict accuracy (shapes detector)\n" + format_table(before, after), flush=True)

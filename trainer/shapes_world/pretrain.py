@@ -202,13 +202,44 @@ def save_checkpoint(transformer, text, config: PretrainConfig, meta: dict) -> No
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _block_count(state: dict[str, torch.Tensor]) -> int:
+    return 1 + max(int(key.split(".")[1]) for key in state if key.startswith("transformer_blocks."))
+
+
+def grown_state(state: dict[str, torch.Tensor], transformer) -> dict[str, torch.Tensor]:
+    """A shallower transformer's weights placed in a deeper one (depth up-scaling that keeps the function): its blocks
+    but the last fill the first places, its last block (the SD3 context_pre_only one) the last place, and each new
+    block in between keeps its fresh init with its adaLN-zero modulations (norm1, norm1_context) set to zero, so its
+    gates are 0 and it passes both streams through unchanged until training opens them."""
+    old, new = _block_count(state), len(transformer.transformer_blocks)
+    if new < old:
+        raise ValueError(f"cannot shrink a {old}-block transformer to {new} blocks")
+    fresh = transformer.state_dict()
+    source = {j: j for j in range(old - 1)} | {new - 1: old - 1}
+    grown = {key: value for key, value in state.items() if not key.startswith("transformer_blocks.")}
+    for j in range(new):
+        prefix = f"transformer_blocks.{j}."
+        for key in (k for k in fresh if k.startswith(prefix)):
+            if j in source:
+                grown[key] = state[f"transformer_blocks.{source[j]}.{key[len(prefix):]}"]
+            elif key[len(prefix):].startswith(("norm1.linear.", "norm1_context.linear.")):
+                grown[key] = torch.zeros_like(fresh[key])
+            else:
+                grown[key] = fresh[key]
+    return grown
+
+
 def load_weights(transformer, text: ShapesTextEncoder, directory: Path) -> None:
-    """Copy a saved checkpoint's weights into freshly built modules (architectures must match exactly)."""
+    """Copy a saved checkpoint's weights into freshly built modules. The architectures must match, except that a
+    checkpoint with fewer transformer blocks is grown to the built depth (`grown_state`)."""
     from safetensors.torch import load_file
 
     for module, path in ((transformer, directory / "transformer" / "diffusion_pytorch_model.safetensors"),
                          (text, directory / "text_encoder" / "model.safetensors")):
-        module.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
+        state = {k: v.float() for k, v in load_file(str(path)).items()}
+        if module is transformer and _block_count(state) != len(transformer.transformer_blocks):
+            state = grown_state(state, transformer)
+        module.load_state_dict(state, strict=True)
 
 
 def learning_rate(config: PretrainConfig, step: int) -> float:

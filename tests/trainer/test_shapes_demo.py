@@ -1,0 +1,41 @@
+"""The shapes-world demo command, run for real at a tiny budget: a GenEval service process, a trainer process over
+HTTP, before/after evaluations, grids, the reward-curve plot and the summary."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from services.common.launcher import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_demo_trains_over_http_and_writes_before_after_and_the_reward_curve(tmp_path):
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "trainer.shapes_world.demo", "--out-dir", str(out), "--nfe-budget", "2000",
+               "--eval-samples", "1", "--threads", "1", "--",
+               "--groups-per-epoch", "2", "--eval-interval", "1", "--eval-num-prompts", "4", "--no-progress-bar"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    tags = {"single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"}
+    assert set(summary["heldout_strict_before"]) == tags == set(summary["heldout_strict_after"])
+    assert len(summary["reward_curve"]) >= 2 and summary["reward_curve"][-1]["nfe"] >= 2000
+    assert len(summary["heldout_reward_curve"]) == len(summary["reward_curve"])
+    for name in ("before.png", "after.png", "reward_curve.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG"
+    assert (out / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert "held-out GenEval strict accuracy" in result.stdout and "overall" in result.stdout
+
+
+def test_the_demo_refuses_to_mix_its_run_into_an_earlier_one(tmp_path):
+    (tmp_path / "demo" / "run").mkdir(parents=True)
+    (tmp_path / "demo" / "run" / "metrics.jsonl").write_text("{}\n")
+    result = subprocess.run([sys.executable, "-m", "trainer.shapes_world.demo", "--out-dir", str(tmp_path / "demo")],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "holds an earlier run" in result.stderr
