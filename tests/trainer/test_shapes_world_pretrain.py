@@ -90,3 +90,21 @@ def test_a_continuation_starts_from_the_given_checkpoint(tmp_path):
     pretrain(PretrainConfig(out_dir=str(second), steps=1, init_from=str(first), lr=0.0, **TINY))
     wa, wb = weights(first), weights(second)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_continuation_into_a_deeper_transformer_starts_from_the_same_function(tmp_path):
+    from trainer.shapes_world.pretrain import build_models, load_weights
+
+    shallow = tmp_path / "shallow"
+    pretrain(PretrainConfig(out_dir=str(shallow), steps=2, **{**TINY, "layers": 2}))
+    small, text = build_models(PretrainConfig(**{**TINY, "layers": 2}))
+    deep, deep_text = build_models(PretrainConfig(**{**TINY, "layers": 5}))
+    load_weights(small, text, shallow)
+    load_weights(deep, deep_text, shallow)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    emb, pooled = text.encode(["a photo of a red circle", "a photo of two squares"])
+    with torch.no_grad():
+        outputs = [model(hidden_states=x, timestep=torch.tensor([700.0, 200.0]), encoder_hidden_states=emb,
+                         pooled_projections=pooled, return_dict=False)[0] for model in (small, deep)]
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    assert len(deep.transformer_blocks) == 5 and deep.transformer_blocks[-1].context_pre_only

@@ -72,7 +72,7 @@ class PretrainConfig:
     threads: int = 1  # torch CPU threads (1: on a shared, busy CPU more threads were up to 10x slower per step)
     steps: int = 20000  # optimizer steps (the run also stops at time_limit_s)
     time_limit_s: float = 0.0  # wall-clock budget in seconds; 0 = none. A stop saves the checkpoint
-    init_from: str = ""  # checkpoint directory whose (EMA) weights start this run (a continuation); "" = random init
+    init_from: str = ""  # checkpoint directory whose (EMA) weights start this run (a continuation; a shallower one is grown to `layers`); "" = random init
     stop_at_step: int = 0  # stop (and save) after this step without changing the lr schedule; 0 = run to `steps`
     batch_size: int = 256  # images per step
     lr: float = 1e-3  # AdamW peak learning rate
