@@ -1,7 +1,7 @@
 """Flow-GRPO, Flow-GRPO (Fixed), TempFlow-GRPO and Pave-GRPO on the shapes world at an equal budget of model
 evaluations, several seeds each: final held-out GenEval accuracy, NFE to reach a held-out reward, reward curves.
 
-    python bench/algorithms.py --seeds 0 1 2 --nfe-budget 40000 --jobs 2 --out runs/bench-algorithms
+    python bench/algorithms.py --seeds 0 1 2 --nfe-budget 60000 --jobs 2 --out runs/bench-algorithms
 
 One GenEval service (shapes detector, partial-credit reward) serves every run over HTTP. Each run is a real
 `python -m trainer` process on the shipped base model with the same LoRA, optimiser and sampler settings
@@ -33,13 +33,13 @@ from services.common.launcher import REPO_ROOT, running_service  # noqa: E402
 from trainer.reward_curve import CurvePoint, plot_reward_curves, read_reward_curve  # noqa: E402
 
 COMMON_FLAGS: tuple[str, ...] = (
-    "--num-steps", "10", "--guidance-scale", "3.0", "--lr", "1e-3",
+    "--num-steps", "10", "--guidance-scale", "3.0", "--lr", "3e-4",
     "--lora-rank", "16", "--lora-alpha", "32", "--ema-decay", "0", "--grad-accumulation", "3",
     "--eval-interval", "1", "--eval-num-steps", "10", "--eval-guidance-scale", "3.0", "--eval-num-prompts", "42",
     "--image-interval", "0", "--checkpoint-interval", "0", "--no-tensorboard", "--no-progress-bar",
     "--steps", "1000000",
 )
-PPO_FLAGS = ("--clip-range", "0.2", "--kl-beta", "0.0")  # the PPO-style algorithms (Pave's loss has neither)
+PPO_FLAGS = ("--clip-range", "1e-3",)  # the PPO-style algorithms (Pave's loss has no ratio clip); KL: own defaults
 ALGORITHM_FLAGS: dict[str, tuple[str, ...]] = {  # images scored per epoch: 96 / 96 / 144 / 150
     "flow_grpo": ("--algo", "flow_grpo", "--group-size", "8", "--groups-per-epoch", "12", "--train-batch-size", "8",
                   *PPO_FLAGS),
@@ -69,6 +69,7 @@ def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -
     run_dir = Path(args.out) / f"{algo}-seed{seed}"
     command = [sys.executable, "-m", "trainer", "--reward-url", f"name=geneval,url={reward_url}",
                "--seed", str(seed), "--output-dir", str(run_dir), "--nfe-budget", str(args.nfe_budget),
+               *(["--model-path", args.model_dir] if args.model_dir else []),
                *COMMON_FLAGS, *ALGORITHM_FLAGS[algo]]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     started = time.monotonic()
@@ -77,7 +78,7 @@ def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -
     wall = time.monotonic() - started
     rollout = read_reward_curve(run_dir / "metrics.jsonl")
     heldout = read_reward_curve(run_dir / "metrics.jsonl", kind="eval")
-    model = load_model("", str(run_dir / "lora"))
+    model = load_model(args.model_dir, str(run_dir / "lora"))
     strict, _, _ = evaluate(model, EvalConfig(samples=args.eval_samples, steps=10, guidance=3.0, shift=3.0,
                                               seed=1000 + seed))
     print(f"[bench] {algo} seed {seed}: {len(rollout)} epochs, {rollout[-1].nfe} NFE, {wall:.0f} s, "
@@ -95,11 +96,11 @@ def spread(values: list[float]) -> str:
 
 def table(results: list[RunResult], threshold: float, base: dict[str, float]) -> str:
     lines = [f"| algorithm | runs | epochs | NFE spent | held-out strict overall | single | two | counting | colors "
-             f"| position | color_attr | NFE to held-out reward >= {threshold} (reached) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| position | color_attr | last held-out reward | NFE to held-out reward >= {threshold} (reached) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
              f"| base model | - | - | 0 | {base['overall']:.3f} | " + " | ".join(
                  f"{base[t]:.3f}" for t in ("single_object", "two_object", "counting", "colors", "position",
-                                             "color_attr")) + " | - |"]
+                                             "color_attr")) + " | - | - |"]
     for algo in ALGORITHM_FLAGS:
         runs = [r for r in results if r.algo == algo]
         if not runs:
@@ -111,7 +112,9 @@ def table(results: list[RunResult], threshold: float, base: dict[str, float]) ->
                           ("single_object", "two_object", "counting", "colors", "position", "color_attr"))
         lines.append(f"| {algo} | {len(runs)} | {np.mean([len(r.rollout_curve) for r in runs]):.1f} | "
                      f"{np.mean([r.rollout_curve[-1].nfe for r in runs]):.0f} | "
-                     f"{spread([r.strict['overall'] for r in runs])} | {tags} | {reach} |")
+                     f"{spread([r.strict['overall'] for r in runs])} | {tags} | "
+                     f"{spread([r.heldout_curve[-1].reward for r in runs if r.heldout_curve] or [float('nan')])} | "
+                     f"{reach} |")
     return "\n".join(lines)
 
 
@@ -119,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--algos", nargs="+", default=list(ALGORITHM_FLAGS), choices=list(ALGORITHM_FLAGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per algorithm")
-    parser.add_argument("--nfe-budget", type=int, default=40000, help="model evaluations per run (count)")
-    parser.add_argument("--threshold", type=float, default=0.3,
+    parser.add_argument("--model-dir", default="", help="base checkpoint; empty = the shipped one")
+    parser.add_argument("--nfe-budget", type=int, default=60000, help="model evaluations per run (count)")
+    parser.add_argument("--threshold", type=float, default=0.2,
                         help="held-out partial-credit reward whose first crossing is reported (NFE)")
     parser.add_argument("--eval-samples", type=int, default=4, help="images per held-out prompt, final strict eval")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
@@ -134,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     from trainer.shapes_world.evaluate import EvalConfig, evaluate, load_model
 
     torch.set_num_threads(args.threads)
-    base, _, _ = evaluate(load_model(), EvalConfig(samples=args.eval_samples, steps=10, guidance=3.0, shift=3.0,
-                                                   seed=1000))
+    base, _, _ = evaluate(load_model(args.model_dir),
+                          EvalConfig(samples=args.eval_samples, steps=10, guidance=3.0, shift=3.0, seed=1000))
     print(f"[bench] base model strict: {json.dumps({k: round(v, 3) for k, v in base.items()})}", flush=True)
     jobs = [(algo, seed) for seed in args.seeds for algo in args.algos]
     with running_service("services.geneval", "--detector", "shapes", "--max-batch-items", "64",
