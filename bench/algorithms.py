@@ -64,7 +64,7 @@ class RunResult:
 
 
 def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -> RunResult:
-    from trainer.shapes_world.evaluate import EvalConfig, evaluate, load_model
+    from trainer.shapes_world.evaluate import EvalConfig, evaluate_checkpoint
 
     run_dir = Path(args.out) / f"{algo}-seed{seed}"
     command = [sys.executable, "-m", "trainer", "--reward-url", f"name=geneval,url={reward_url}",
@@ -78,9 +78,9 @@ def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -
     wall = time.monotonic() - started
     rollout = read_reward_curve(run_dir / "metrics.jsonl")
     heldout = read_reward_curve(run_dir / "metrics.jsonl", kind="eval")
-    model = load_model(args.model_dir, str(run_dir / "lora"))
-    strict, _, _ = evaluate(model, EvalConfig(samples=args.eval_samples, steps=10, guidance=3.0, shift=3.0,
-                                              seed=1000 + seed))
+    strict, _ = evaluate_checkpoint(EvalConfig(model_dir=args.model_dir, lora_dir=str(run_dir / "lora"),
+                                               samples=args.eval_samples, steps=10, guidance=3.0, shift=3.0,
+                                               seed=1000 + seed))
     print(f"[bench] {algo} seed {seed}: {len(rollout)} epochs, {rollout[-1].nfe} NFE, {wall:.0f} s, "
           f"strict overall {strict['overall']:.3f}", flush=True)
     return RunResult(algo, seed, str(run_dir), wall, rollout, heldout, strict)
@@ -135,11 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    from trainer.shapes_world.evaluate import EvalConfig, evaluate, load_model
+    from trainer.shapes_world.evaluate import EvalConfig, evaluate_checkpoint
 
     torch.set_num_threads(args.threads)
-    base, _, _ = evaluate(load_model(args.model_dir),
-                          EvalConfig(samples=args.eval_samples, steps=10, guidance=3.0, shift=3.0, seed=1000))
+    base, _ = evaluate_checkpoint(EvalConfig(model_dir=args.model_dir, samples=args.eval_samples, steps=10,
+                                             guidance=3.0, shift=3.0, seed=1000))
     print(f"[bench] base model strict: {json.dumps({k: round(v, 3) for k, v in base.items()})}", flush=True)
     jobs = [(algo, seed) for seed in args.seeds for algo in args.algos]
     with running_service("services.geneval", "--detector", "shapes", "--max-batch-items", "64",

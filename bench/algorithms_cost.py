@@ -79,7 +79,7 @@ def one_step(name: str, config: dict, model, initial_lora) -> dict:
     training_pass(algo, model, batch, optimizer)
     wall = time.perf_counter() - start
     c = algo.cost
-    total = c.sampling_nfe + c.training_nfe + c.reference_nfe
+    total = c.model_nfe()
     return {"algo": name, "sampling_nfe": c.sampling_nfe, "training_nfe": c.training_nfe,
             "reference_nfe": c.reference_nfe, "trained": c.trained_samples, "nfe_per_trained": total / c.trained_samples,
             "reward_calls": c.reward_images, "wall_s": wall}

@@ -328,8 +328,7 @@ class Trainer:
     def nfe_budget_spent(self) -> bool:
         """True once the algorithm's model evaluations reach --nfe-budget (never when it is 0)."""
         budget = self.config.optim.nfe_budget
-        cost = self.algo.cost
-        return budget > 0 and cost.sampling_nfe + cost.training_nfe + cost.reference_nfe >= budget
+        return budget > 0 and self.algo.cost.model_nfe() >= budget
 
     # ----------------------------------------------------------------------------------------------- run
     def run(self) -> RunSummary:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.algorithms.base import Cost
+
 
 @dataclass(frozen=True)
 class CurvePoint:
@@ -34,8 +36,7 @@ def read_reward_curve(metrics_path: str | Path, kind: str = "epoch") -> list[Cur
     for line in Path(metrics_path).read_text().splitlines():
         record = json.loads(line)
         if record.get("kind") == "epoch":
-            cost = record.get("cost") or {}
-            nfe = int(cost.get("sampling_nfe", 0) + cost.get("training_nfe", 0) + cost.get("reference_nfe", 0))
+            nfe = Cost(**(record.get("cost") or {})).model_nfe()
             epochs[int(record["epoch"])] = (int(record["step"]), nfe, float(record["reward/global_mixed_mean"]))
         elif record.get("kind") == "eval":
             evals[int(record["epoch"])] = float(record["reward_mixed_mean"])

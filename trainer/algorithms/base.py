@@ -50,6 +50,10 @@ class Cost:
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
+    def model_nfe(self) -> int:
+        """All model evaluations: sampling + training + reference (what an NFE budget counts)."""
+        return self.sampling_nfe + self.training_nfe + self.reference_nfe
+
 
 class Rollout(abc.ABC):
     """Algorithm-specific record of one epoch's sampling; `query` is what gets scored."""

@@ -32,8 +32,7 @@ import torch
 
 from services.common.launcher import REPO_ROOT, running_service
 from trainer.reward_curve import plot_reward_curves, read_reward_curve
-from trainer.shapes_world.evaluate import EvalConfig, evaluate, load_model
-from trainer.shapes_world.prompts import HELDOUT_FILE
+from trainer.shapes_world.evaluate import EvalConfig, evaluate_checkpoint
 
 # TempFlow-GRPO settings of the demo (scaled down from the paper's to fit ~15 minutes of 2 CPU cores)
 DEMO_TRAINER_FLAGS: tuple[str, ...] = (
@@ -75,15 +74,11 @@ class DemoConfig:
     trainer_flags: list[str] = field(default_factory=list)  # extra `python -m trainer` flags (after `--`)
 
 
-def heldout_accuracy(lora_dir: str | None, config: DemoConfig, grid: Path) -> dict[str, float]:
+def heldout_accuracy(lora_dir: str, config: DemoConfig, grid: Path) -> dict[str, float]:
     """GenEval strict accuracy per tag on the held-out prompts of the base model (+ a LoRA); writes the grid."""
-    from trainer.image_grid import save_grid
-
-    model = load_model(config.model_dir, lora_dir)
-    eval_config = EvalConfig(prompt_file=str(HELDOUT_FILE), samples=config.eval_samples, steps=config.eval_steps,
-                             guidance=config.eval_guidance, shift=config.eval_shift, seed=config.seed)
-    summary, images, _ = evaluate(model, eval_config)
-    save_grid(images, grid, columns=config.eval_samples)
+    summary, _ = evaluate_checkpoint(EvalConfig(
+        model_dir=config.model_dir, lora_dir=lora_dir, samples=config.eval_samples, steps=config.eval_steps,
+        guidance=config.eval_guidance, shift=config.eval_shift, seed=config.seed, grid=str(grid)))
     return summary
 
 
@@ -113,7 +108,7 @@ def run_demo(config: DemoConfig) -> dict:
     started = time.monotonic()
     print(f"[demo] held-out GenEval accuracy of the base model ({config.eval_samples} samples per prompt) ...",
           flush=True)
-    before = heldout_accuracy(None, config, out / "before.png")
+    before = heldout_accuracy("", config, out / "before.png")
     print(f"[demo] before: {json.dumps({k: round(v, 3) for k, v in before.items()})}", flush=True)
     with running_service("services.geneval", "--detector", "shapes", log_dir=out) as service:
         print(f"[demo] GenEval reward service (shapes detector) ready at {service.url}; log {service.log_path}",

@@ -92,18 +92,24 @@ def evaluate(model: FlowModel, config: EvalConfig) -> tuple[dict[str, float], np
     return summary, images, entries
 
 
-def main(argv: list[str] | None = None) -> None:
+def evaluate_checkpoint(config: EvalConfig) -> tuple[dict[str, float], np.ndarray]:
+    """Load `config.model_dir` (+ `config.lora_dir`), evaluate it, write the grid when `config.grid` is set;
+    (summary per tag + overall, uint8 images)."""
     from trainer.image_grid import save_grid
 
+    summary, images, _ = evaluate(load_model(config.model_dir, config.lora_dir or None), config)
+    if config.grid:
+        save_grid(images, config.grid, columns=config.samples)
+    return summary, images
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for name, value in asdict(EvalConfig()).items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     config = EvalConfig(**vars(parser.parse_args(argv)))
     torch.set_num_threads(config.threads)
-    model = load_model(config.model_dir, config.lora_dir or None)
-    summary, images, _ = evaluate(model, config)
-    if config.grid:
-        save_grid(images, config.grid, columns=config.samples)
+    summary, _ = evaluate_checkpoint(config)
     print(json.dumps({"heldout_strict": {k: round(v, 4) for k, v in summary.items()}, "config": asdict(config)}))
 
 
