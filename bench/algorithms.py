@@ -33,7 +33,7 @@ from services.common.launcher import REPO_ROOT, running_service  # noqa: E402
 from trainer.reward_curve import CurvePoint, plot_reward_curves, read_reward_curve  # noqa: E402
 
 COMMON_FLAGS: tuple[str, ...] = (
-    "--num-steps", "10", "--guidance-scale", "3.0", "--lr", "3e-4",
+    "--num-steps", "10", "--guidance-scale", "3.0", "--shift", "1.0", "--lr", "3e-4",
     "--lora-rank", "16", "--lora-alpha", "32", "--ema-decay", "0", "--grad-accumulation", "3",
     "--eval-interval", "1", "--eval-num-steps", "10", "--eval-guidance-scale", "3.0", "--eval-num-prompts", "42",
     "--image-interval", "0", "--checkpoint-interval", "0", "--no-tensorboard", "--no-progress-bar",
@@ -79,7 +79,7 @@ def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -
     rollout = read_reward_curve(run_dir / "metrics.jsonl")
     heldout = read_reward_curve(run_dir / "metrics.jsonl", kind="eval")
     strict, _ = evaluate_checkpoint(EvalConfig(model_dir=args.model_dir, lora_dir=str(run_dir / "lora"),
-                                               samples=args.eval_samples, steps=10, guidance=3.0, shift=3.0,
+                                               samples=args.eval_samples, steps=10, guidance=3.0, shift=1.0,
                                                seed=1000 + seed))
     print(f"[bench] {algo} seed {seed}: {len(rollout)} epochs, {rollout[-1].nfe} NFE, {wall:.0f} s, "
           f"strict overall {strict['overall']:.3f}", flush=True)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     base, _ = evaluate_checkpoint(EvalConfig(model_dir=args.model_dir, samples=args.eval_samples, steps=10,
-                                             guidance=3.0, shift=3.0, seed=1000))
+                                             guidance=3.0, shift=1.0, seed=1000))
     print(f"[bench] base model strict: {json.dumps({k: round(v, 3) for k, v in base.items()})}", flush=True)
     jobs = [(algo, seed) for seed in args.seeds for algo in args.algos]
     with running_service("services.geneval", "--detector", "shapes", "--max-batch-items", "64",
