@@ -4,7 +4,8 @@
     python -m trainer.shapes_world.demo --nfe-budget 5000 --eval-samples 1   # a quick smoke run
 
 What it does, in order (everything lands in --out-dir):
-1. starts `python -m services.geneval --detector shapes` on 127.0.0.1 (a free port) as a real service process;
+1. starts `python -m services.geneval --detector shapes --reward partial` (or `--reward strict`, GenEval's 0/1
+   correctness, with the demo's `--reward strict`) on 127.0.0.1 (a free port) as a real service process;
 2. evaluates the base model on the held-out prompts (GenEval strict accuracy per tag, shapes detector, in process:
    trainer.shapes_world.evaluate) and writes `before.png` (one row per prompt);
 3. trains the base model's LoRA with `python -m trainer --algo tempflow --reward-url <the service>` (a separate
@@ -69,6 +70,7 @@ class DemoConfig:
     nfe_budget: int = 160_000  # model evaluations of the TempFlow-GRPO run (sampling + training + reference)
     steps: int = 100_000  # optimizer steps at most (the NFE budget ends the run first at the defaults)
     seed: int = 0  # seeds the training run and the evaluation noise
+    reward: str = "partial"  # the GenEval service's reward value: "partial" (credit per clause) or "strict" (0/1)
     eval_samples: int = 4  # images per held-out prompt in the before/after evaluations
     eval_steps: int = 10  # Euler steps of the evaluation sampler (the rollouts' N)
     eval_guidance: float = 3.0  # CFG scale of the evaluation sampler (the rollouts' scale)
@@ -113,7 +115,8 @@ def run_demo(config: DemoConfig) -> dict:
           flush=True)
     before = heldout_accuracy("", config, out / "before.png")
     print(f"[demo] before: {json.dumps({k: round(v, 3) for k, v in before.items()})}", flush=True)
-    with running_service("services.geneval", "--detector", "shapes", log_dir=out) as service:
+    with running_service("services.geneval", "--detector", "shapes", "--reward", config.reward,
+                         log_dir=out) as service:
         print(f"[demo] GenEval reward service (shapes detector) ready at {service.url}; log {service.log_path}",
               flush=True)
         command = trainer_command(config, service.url, run_dir)
@@ -125,7 +128,7 @@ def run_demo(config: DemoConfig) -> dict:
     curve = read_reward_curve(run_dir / "metrics.jsonl")
     heldout_curve = read_reward_curve(run_dir / "metrics.jsonl", kind="eval")
     plot_reward_curves({"rollouts (each epoch other prompts)": [curve], "held-out prompts": [heldout_curve]},
-                       out / "reward_curve.png", ylabel="GenEval partial-credit reward",
+                       out / "reward_curve.png", ylabel=f"GenEval {config.reward} reward",
                        title="shapes world: TempFlow-GRPO over HTTP")
     summary = {"heldout_strict_before": before, "heldout_strict_after": after,
                "overall_change": after["overall"] - before["overall"], "train_s": round(train_s, 1),
