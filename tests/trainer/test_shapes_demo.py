@@ -39,3 +39,11 @@ def test_the_demo_refuses_to_mix_its_run_into_an_earlier_one(tmp_path):
     result = subprocess.run([sys.executable, "-m", "trainer.shapes_world.demo", "--out-dir", str(tmp_path / "demo")],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "holds an earlier run" in result.stderr
+
+
+def test_the_demo_names_the_two_rewards_it_can_train_on():
+    from trainer.shapes_world.demo import config_from_args
+
+    assert config_from_args(["--reward", "strict"]).reward == "strict"
+    with pytest.raises(ValueError, match="'partial' or 'strict'"):
+        config_from_args(["--reward", "clip"])

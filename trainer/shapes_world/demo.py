@@ -78,6 +78,10 @@ class DemoConfig:
     threads: int = 2  # torch CPU threads of the evaluations (the trainer uses torch's default)
     trainer_flags: list[str] = field(default_factory=list)  # extra `python -m trainer` flags (after `--`)
 
+    def __post_init__(self) -> None:
+        if self.reward not in ("partial", "strict"):
+            raise ValueError(f"--reward must be 'partial' or 'strict', got {self.reward!r}")
+
 
 def heldout_accuracy(lora_dir: str, config: DemoConfig, grid: Path) -> dict[str, float]:
     """GenEval strict accuracy per tag on the held-out prompts of the base model (+ a LoRA); writes the grid."""
