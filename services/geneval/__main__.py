@@ -16,7 +16,7 @@ import sys
 
 from services.common.serve import run_service
 from services.geneval.detections import DetectorBackend
-from services.geneval.scorer import GenEvalScorer, GenEvalScorerConfig
+from services.geneval.scorer import COMPONENTS, GenEvalScorer, GenEvalScorerConfig
 from services.geneval.scoring import ScoringConfig
 
 DETECTORS = ("shapes", "mmdet")  # detector backends that can be served
@@ -35,7 +35,7 @@ def add_arguments_for(detector: str):
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--detector", choices=DETECTORS, default="shapes",
                             help="detector backend: shapes (classical CV, no weights) or mmdet (Mask2Former + CLIP)")
-        parser.add_argument("--reward", choices=("partial", "strict"), default="partial",
+        parser.add_argument("--reward", choices=COMPONENTS, default="partial",
                             help="which component is the reply's value (default: partial credit, for training)")
         defaults = ScoringConfig()
         parser.add_argument("--threshold", type=float, default=defaults.threshold,

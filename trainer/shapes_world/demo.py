@@ -1,11 +1,11 @@
 """The one-command demo of the shapes world: a GenEval reward service, TempFlow-GRPO training over HTTP, before/after.
 
-    python -m trainer.shapes_world.demo                 # ~20-25 minutes on 2 CPU cores
+    python -m trainer.shapes_world.demo                 # ~12-15 minutes on 2 CPU cores
     python -m trainer.shapes_world.demo --nfe-budget 5000 --eval-samples 1   # a quick smoke run
 
 What it does, in order (everything lands in --out-dir):
-1. starts `python -m services.geneval --detector shapes --reward partial` (or `--reward strict`, GenEval's 0/1
-   correctness, with the demo's `--reward strict`) on 127.0.0.1 (a free port) as a real service process;
+1. starts `python -m services.geneval --detector shapes --reward <--reward>` (partial credit by default; `strict`
+   trains on GenEval's 0/1 correctness) on 127.0.0.1 (a free port) as a real service process;
 2. evaluates the base model on the held-out prompts (GenEval strict accuracy per tag, shapes detector, in process:
    trainer.shapes_world.evaluate) and writes `before.png` (one row per prompt);
 3. trains the base model's LoRA with `python -m trainer --algo tempflow --reward-url <the service>` (a separate
@@ -34,10 +34,11 @@ from pathlib import Path
 import torch
 
 from services.common.launcher import REPO_ROOT, running_service
+from services.geneval.scorer import COMPONENTS as GENEVAL_REWARDS
 from trainer.reward_curve import plot_reward_curves, read_reward_curve
 from trainer.shapes_world.evaluate import EvalConfig, evaluate_checkpoint
 
-# TempFlow-GRPO settings of the demo (scaled down from the paper's to fit ~20 minutes of 2 CPU cores)
+# TempFlow-GRPO settings of the demo (scaled down from the paper's to fit ~15 minutes of 2 CPU cores)
 DEMO_TRAINER_FLAGS: tuple[str, ...] = (
     "--algo", "tempflow",
     "--num-steps", "10",  # N sampling steps of a rollout
@@ -79,8 +80,9 @@ class DemoConfig:
     trainer_flags: list[str] = field(default_factory=list)  # extra `python -m trainer` flags (after `--`)
 
     def __post_init__(self) -> None:
-        if self.reward not in ("partial", "strict"):
-            raise ValueError(f"--reward must be 'partial' or 'strict', got {self.reward!r}")
+        if self.reward not in GENEVAL_REWARDS:
+            names = " or ".join(repr(name) for name in sorted(GENEVAL_REWARDS))
+            raise ValueError(f"--reward must be {names}, got {self.reward!r}")
 
 
 def heldout_accuracy(lora_dir: str, config: DemoConfig, grid: Path) -> dict[str, float]:
