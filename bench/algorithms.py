@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.common.launcher import REPO_ROOT, running_service  # noqa: E402
+from services.common.launcher import REPO_ROOT, exit_on_sigterm, running_service  # noqa: E402
 from trainer.reward_curve import CurvePoint, plot_reward_curves, read_reward_curve  # noqa: E402
 from trainer.shapes_world.prompts import TAGS  # noqa: E402
 
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", default="runs/bench-algorithms", help="output directory")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import torch

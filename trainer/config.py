@@ -93,6 +93,7 @@ class OptimConfig:
     adam_beta2: float = knob(0.999, "AdamW beta2")
     adam_eps: float = knob(1e-8, "AdamW epsilon")
     grad_accumulation: int = knob(1, "training units whose gradients are summed per optimizer step (per rank)")
+    inner_epochs: int = knob(1, "passes over each epoch's rollouts, reshuffled each pass (Flow-GRPO/DDPO num_inner_epochs; PPO reuse), count")
     grad_clip: float = knob(1.0, "max global L2 norm of the LoRA gradient (0 = no clipping)")
     ema_decay: float = knob(0.9, "EMA decay of the LoRA weights per EMA update (0 = no EMA)")
     ema_interval: int = knob(8, "optimizer steps between EMA updates")
@@ -179,8 +180,8 @@ class TrainerConfig:
         if self.data.groups_per_epoch % world_size:
             raise ValueError(f"--groups-per-epoch {self.data.groups_per_epoch} must be divisible by the "
                              f"world size {world_size}")
-        if self.optim.steps < 1 or self.optim.grad_accumulation < 1 or self.optim.ema_interval < 1:
-            raise ValueError("--steps, --grad-accumulation and --ema-interval must be >= 1")
+        if min(self.optim.steps, self.optim.grad_accumulation, self.optim.ema_interval, self.optim.inner_epochs) < 1:
+            raise ValueError("--steps, --grad-accumulation, --ema-interval and --inner-epochs must be >= 1")
         if not 0.0 <= self.optim.ema_decay < 1.0:
             raise ValueError("--ema-decay must be in [0, 1)")
         if not self.rewards.reward_url and not self.rewards.reward_config:

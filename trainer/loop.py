@@ -8,7 +8,8 @@ One epoch (design.md "The trainer"; algorithm-agnostic through trainer.algorithm
 3. the loop waits for every chunk's mixed rewards. A reward service that is down makes the client retry up to its
    deadline; the loop then resubmits the same images until `reward_wait_s` has passed and only then fails the run.
    A step is never scored with a missing reward;
-4. `prepare_training` computes advantages with statistics gathered over ranks; the training units are split into
+4. `prepare_training` computes advantages with statistics gathered over ranks; the training units (reshuffled for
+   each of `inner_epochs` passes, the old log-probs staying those of the rollout) are split into
    optimizer steps of `grad_accumulation` units (loss / units in the step), LoRA gradients are averaged over
    ranks, clipped to `grad_clip`, AdamW steps, and the EMA updates every `ema_interval` steps;
 5. rank 0 logs (JSONL + TensorBoard + progress bar), writes image grids, evaluates, and checkpoints.
@@ -251,14 +252,18 @@ class Trainer:
         rewards = mixed.mixed.to(torch.float32)
         batch = self.algo.prepare_training(rollout, rewards, self.gather)
         self.last_batch = batch  # kept for inspection (tests, debugging) until the next epoch
-        units = list(self.algo.training_units(
-            batch, torch.Generator().manual_seed(derived_seed(cfg.optim.seed, self.epoch, self.ctx.rank, 3))))
         accum = cfg.optim.grad_accumulation
-        planned = all_reduce_max(math.ceil(len(units) / accum), self.ctx)
-        planned = min(planned, cfg.optim.steps - self.step)
+        passes = [self._units_of_pass(batch, inner) for inner in range(cfg.optim.inner_epochs)]
+        units = [unit for step_units in passes for unit in step_units]
+        planned_total = 0
         t1 = time.perf_counter()
-        for k in range(planned):
-            self._optimizer_step(units[k * accum:(k + 1) * accum])
+        for pass_units in passes:
+            planned = all_reduce_max(math.ceil(len(pass_units) / accum), self.ctx)
+            planned = min(planned, cfg.optim.steps - self.step)
+            for k in range(planned):
+                self._optimizer_step(pass_units[k * accum:(k + 1) * accum])
+            planned_total += planned
+        planned = planned_total
         t_train = time.perf_counter() - t1
         self.epoch += 1
         self.schedule.advance_epoch()
@@ -272,6 +277,12 @@ class Trainer:
             self.logger.record("epoch", self.step, metrics)
             self._maybe_images(rollout)
         return metrics
+
+    def _units_of_pass(self, batch: Any, inner: int) -> list[Any]:
+        """Training units of inner pass `inner` over this epoch's batch, shuffled by (seed, epoch, rank, pass);
+        pass 0 keeps the shuffle of a run without inner epochs."""
+        parts = (self.config.optim.seed, self.epoch, self.ctx.rank, 3) + ((inner,) if inner else ())
+        return list(self.algo.training_units(batch, torch.Generator().manual_seed(derived_seed(*parts))))
 
     def _optimizer_step(self, units: list[Any]) -> None:
         cfg = self.config.optim

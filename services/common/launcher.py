@@ -6,7 +6,7 @@
 Runs `python -m <module> --host 127.0.0.1 --port <free port> <args>` (from `cwd`, default the repository root),
 waits for /health/ready (failing fast with the process's log if it exits or never turns ready), yields a
 `RunningService`, then sends SIGTERM (drain) and kills it if it does not exit in time. Its stdout+stderr go to a log
-file. Used by the shapes demo, the benchmarks and the tests that need a real service process.
+file. `exit_on_sigterm()` makes a SIGTERM of the calling process run that cleanup too. Used by the shapes demo, the benchmarks and the tests that need a real service process.
 """
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ class RunningService:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit(143) in this process, so `running_service` blocks (and subprocess.run, which kills
+    its child on any exception) clean up: a terminated demo or benchmark leaves no orphan service behind."""
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _exit)
 
 
 def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:

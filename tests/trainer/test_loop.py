@@ -84,3 +84,23 @@ def test_an_nfe_budget_stops_the_run_after_the_epoch_that_reaches_it(tiny_sd3_di
     spent = [e["cost"]["sampling_nfe"] + e["cost"]["training_nfe"] + e["cost"]["reference_nfe"] for e in epochs]
     assert summary.steps < 100 and summary.epochs == len(epochs)
     assert len(epochs) >= 2 and spent[-1] >= 100 and all(s < 100 for s in spent[:-1])
+
+
+def test_inner_epochs_reuse_the_rollouts_with_their_old_log_probs_and_the_first_pass_is_unchanged(tiny_sd3_dir,
+                                                                                                  tmp_path):
+    # 6 units per epoch, 2 per step: 3 optimizer steps per pass; 2 passes -> 6 steps from one rollout
+    once = make_trainer(tiny_sd3_dir, tmp_path / "once", steps=3, grad_accumulation=2, num_steps=4, image_interval=0)
+    once.run()
+    twice = make_trainer(tiny_sd3_dir, tmp_path / "twice", steps=6, grad_accumulation=2, num_steps=4,
+                         image_interval=0, inner_epochs=2)
+    summary = twice.run()
+    assert (summary.steps, summary.epochs) == (6, 1)
+    first, reused = read_metrics(tmp_path / "once" / "run", "step"), read_metrics(tmp_path / "twice" / "run", "step")
+    assert [r["loss"] for r in reused[:3]] == [r["loss"] for r in first]
+    assert reused[0]["ratio_mean"] == 1.0  # the first step of pass 1 is still on-policy
+    assert all(r["approx_kl"] > 0 for r in reused[3:])  # pass 2: the policy moved away from the rollout's
+
+
+def test_inner_epochs_must_be_at_least_one(tiny_sd3_dir, tmp_path):
+    with pytest.raises(ValueError, match="--inner-epochs"):
+        make_trainer(tiny_sd3_dir, tmp_path, inner_epochs=0).config.validate()

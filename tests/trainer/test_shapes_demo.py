@@ -47,3 +47,34 @@ def test_the_demo_names_the_two_rewards_it_can_train_on():
     assert config_from_args(["--reward", "strict"]).reward == "strict"
     with pytest.raises(ValueError, match="'partial' or 'strict'"):
         config_from_args(["--reward", "clip"])
+
+
+def test_a_terminated_demo_stops_its_reward_service_and_its_trainer(tmp_path):
+    import re
+    import signal
+    import time
+
+    import httpx
+
+    command = [sys.executable, "-u", "-m", "trainer.shapes_world.demo", "--out-dir", str(tmp_path / "demo"),
+               "--nfe-budget", "1000000", "--eval-samples", "1", "--threads", "1", "--", "--groups-per-epoch", "2",
+               "--no-progress-bar"]
+    log_path = tmp_path / "demo.log"
+    with open(log_path, "wb") as log:
+        demo = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not re.search(r"python -m trainer|-m trainer ", log_path.read_text()) and time.monotonic() < deadline:
+            assert demo.poll() is None, log_path.read_text()
+            time.sleep(0.2)
+        url = re.search(r"ready at (http://\S+);", log_path.read_text()).group(1)
+        assert httpx.get(url + "/health/ready").status_code == 200
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/health/ready", timeout=2.0)
+    trainers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo" / "run")], capture_output=True, text=True)
+    assert trainers.stdout.strip() == ""

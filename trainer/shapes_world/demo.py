@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from services.common.launcher import REPO_ROOT, running_service
+from services.common.launcher import REPO_ROOT, exit_on_sigterm, running_service
 from services.geneval.scorer import COMPONENTS as GENEVAL_REWARDS
 from trainer.reward_curve import plot_reward_curves, read_reward_curve
 from trainer.shapes_world.evaluate import EvalConfig, evaluate_checkpoint
@@ -166,6 +166,7 @@ def config_from_args(argv: list[str] | None = None) -> DemoConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     run_demo(config_from_args(argv))
     return 0
 
