@@ -48,6 +48,7 @@ class DataConfig:
 
     prompt_file: str | None = knob(None, "training prompts: .txt (one per line) or .jsonl ({'prompt':..., metadata...}); empty = the model's built-in prompts")
     eval_prompt_file: str | None = knob(None, "held-out prompts for evaluation (same formats); empty = no evaluation unless the model has built-in ones")
+    balance_by: str | None = knob(None, "metadata key (e.g. 'tag') whose values are trained equally often, whatever their share of the prompt file; empty = every prompt equally often")
     groups_per_epoch: int = knob(48, "prompt groups sampled per epoch, over all ranks (Flow-GRPO: 48); must divide by the world size")
     groups_per_rollout: int = knob(1, "prompt groups sampled per rollout call; each call's images are scored while the next call samples")
     eval_num_prompts: int = knob(16, "held-out prompts evaluated each evaluation (first N of the eval file), count")

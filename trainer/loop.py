@@ -129,7 +129,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, betas=(opt.adam_beta1, opt.adam_beta2),
                                            eps=opt.adam_eps, weight_decay=opt.weight_decay)
         self.ema = LoraEMA(model.lora_state_dict(), opt.ema_decay, opt.ema_interval) if opt.ema_decay > 0 else None
-        self.schedule = PromptSchedule(train_prompts, opt.seed, config.data.groups_per_epoch)
+        self.schedule = PromptSchedule(train_prompts, opt.seed, config.data.groups_per_epoch,
+                                       balance_by=config.data.balance_by)
         self.step = 0  # optimizer steps done
         self.epoch = 0  # epochs done
         self.logger: RunLogger | None = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from trainer.prompt_data import PromptRecord, PromptSchedule, read_prompt_file
 
@@ -69,3 +70,35 @@ def test_a_checkpoint_from_another_prompt_set_is_refused():
     schedule = PromptSchedule(records(4), seed=0, groups_per_epoch=2)
     with pytest.raises(ValueError, match="prompts"):
         schedule.load_state_dict({**schedule.state_dict(), "num_prompts": 5})
+
+
+def tagged_records() -> list[PromptRecord]:
+    """A skewed file: 6 prompts of tag a, 2 of b, 1 of c."""
+    return [PromptRecord(f"{tag}{i}", {"tag": tag}) for tag, n in (("a", 6), ("b", 2), ("c", 1)) for i in range(n)]
+
+
+def test_balancing_by_a_metadata_key_trains_every_value_equally_often():
+    schedule = PromptSchedule(tagged_records(), seed=5, groups_per_epoch=3, balance_by="tag")
+    drawn = [schedule.group_record(n) for n in range(36)]
+    for block in range(12):
+        assert sorted(r.metadata["tag"] for r in drawn[3 * block:3 * block + 3]) == ["a", "b", "c"]
+    a_prompts = [r.prompt for r in drawn if r.metadata["tag"] == "a"]
+    assert sorted(a_prompts[:6]) == sorted(a_prompts[6:]) == [f"a{i}" for i in range(6)]  # passes within a value
+
+
+def test_the_unbalanced_order_is_unchanged_by_the_balancing_option():
+    plain = PromptSchedule(tagged_records(), seed=5, groups_per_epoch=3)
+    assert [plain.group_record(n).prompt for n in range(9)] == [
+        tagged_records()[i].prompt for i in torch.randperm(9, generator=torch.Generator().manual_seed(5 * 1_000_003))]
+
+
+def test_balancing_needs_the_key_on_every_prompt_and_survives_a_restore():
+    with pytest.raises(ValueError, match="has no metadata key 'tag'"):
+        PromptSchedule(tagged_records() + [PromptRecord("bare", None)], seed=0, groups_per_epoch=1, balance_by="tag")
+    straight = PromptSchedule(tagged_records(), seed=1, groups_per_epoch=4, balance_by="tag")
+    straight.advance_epoch()
+    restored = PromptSchedule(tagged_records(), seed=1, groups_per_epoch=4, balance_by="tag")
+    restored.load_state_dict(straight.state_dict())
+    assert restored.epoch_groups() == straight.epoch_groups()
+    with pytest.raises(ValueError, match="balance_by"):
+        PromptSchedule(tagged_records(), seed=1, groups_per_epoch=4).load_state_dict(straight.state_dict())
