@@ -27,29 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainer.advantages import local_gather  # noqa: E402
 from trainer.algorithms.tempflow import TempFlowConfig, TempFlowGRPO  # noqa: E402
 from trainer.models.shapes import ShapesConfig, ShapesFlowModel  # noqa: E402
+from trainer.shapes_world.evaluate import shapes_geneval_values  # noqa: E402
 from trainer.shapes_world.prompts import TRAIN_FILE, read_jsonl  # noqa: E402
 
 
-def reward_scorer(reward: str):
-    from services.geneval.scorer import GenEvalScorer, GenEvalScorerConfig
-    from services.geneval.shapes_detector import ShapesDetector
-
-    scorer = GenEvalScorer(ShapesDetector(), GenEvalScorerConfig(reward=reward))
-    scorer.setup()
-    return scorer
-
-
-def batch_gradient(model: ShapesFlowModel, algo: TempFlowGRPO, entries: list[dict], scorer, seed: int,
+def batch_gradient(model: ShapesFlowModel, algo: TempFlowGRPO, entries: list[dict], reward: str, seed: int,
                    shuffle: bool) -> torch.Tensor:
     """The flattened LoRA gradient of one rollout batch's TempFlow-GRPO loss (rewards shuffled when asked)."""
-    from services.common.scorer import ScorerInput
-
     generator = torch.Generator().manual_seed(seed)
     rollout = algo.rollout(model, [e["prompt"] for e in entries], entries, generator)
-    q = rollout.query
-    outputs = scorer.score([ScorerInput(image, prompt, meta)
-                            for image, prompt, meta in zip(q.images.numpy(), q.prompts, q.metadata)])
-    rewards = torch.tensor([float(o.value) for o in outputs])
+    rewards = torch.tensor(shapes_geneval_values(rollout.query.images.numpy(), rollout.query.metadata, reward))
     if shuffle:
         rewards = rewards[torch.randperm(len(rewards), generator=generator)]
     batch = algo.prepare_training(rollout, rewards, local_gather)
@@ -88,15 +75,14 @@ def main(argv: list[str] | None = None) -> None:
     entries = read_jsonl(TRAIN_FILE)
     entries = [entries[i] for i in torch.randperm(len(entries), generator=torch.Generator().manual_seed(0))
                [:args.prompts].tolist()]
-    scorer = reward_scorer(args.reward)
     print(f"{'K':<14}{'images':>8}{'cos real':>10}{'cos shuffled':>14}{'difference':>12}", flush=True)
     for spec in args.configs:
         steps = tuple(int(k) for k in spec.split(","))
         algo = TempFlowGRPO(TempFlowConfig(num_steps=10, shift=args.shift, guidance_scale=args.guidance,
                                            seeds_per_prompt=1, num_branches=args.branches, branch_steps=steps,
                                            train_batch_size=4, clip_range=1e-3, beta=0.0))
-        real = [batch_gradient(model, algo, entries, scorer, 100 + i, False) for i in range(args.batches)]
-        null = [batch_gradient(model, algo, entries, scorer, 200 + i, True) for i in range(args.batches)]
+        real = [batch_gradient(model, algo, entries, args.reward, 100 + i, False) for i in range(args.batches)]
+        null = [batch_gradient(model, algo, entries, args.reward, 200 + i, True) for i in range(args.batches)]
         cos_real, cos_null = mean_pair_cosine(real), mean_pair_cosine(null)
         images = args.prompts * args.branches * len(steps)
         print(f"{spec:<14}{images:>8}{cos_real:>10.4f}{cos_null:>14.4f}{cos_real - cos_null:>12.4f}", flush=True)

@@ -254,22 +254,20 @@ class Trainer:
         batch = self.algo.prepare_training(rollout, rewards, self.gather)
         self.last_batch = batch  # kept for inspection (tests, debugging) until the next epoch
         accum = cfg.optim.grad_accumulation
-        passes = [self._units_of_pass(batch, inner) for inner in range(cfg.optim.inner_epochs)]
-        units = [unit for step_units in passes for unit in step_units]
-        planned_total = 0
+        planned = num_units = 0
         t1 = time.perf_counter()
-        for pass_units in passes:
-            planned = all_reduce_max(math.ceil(len(pass_units) / accum), self.ctx)
-            planned = min(planned, cfg.optim.steps - self.step)
-            for k in range(planned):
-                self._optimizer_step(pass_units[k * accum:(k + 1) * accum])
-            planned_total += planned
-        planned = planned_total
+        for inner in range(cfg.optim.inner_epochs):
+            units = self._units_of_pass(batch, inner)
+            steps = min(all_reduce_max(math.ceil(len(units) / accum), self.ctx), cfg.optim.steps - self.step)
+            for k in range(steps):
+                self._optimizer_step(units[k * accum:(k + 1) * accum])
+            planned += steps
+            num_units += len(units)
         t_train = time.perf_counter() - t1
         self.epoch += 1
         self.schedule.advance_epoch()
         global_rewards = self.gather(rewards.reshape(-1, 1)).reshape(-1)
-        metrics = {"epoch": self.epoch, "optimizer_steps": planned, "units": len(units),
+        metrics = {"epoch": self.epoch, "optimizer_steps": planned, "units": num_units,
                    "time/rollout_and_reward_s": t_rollout, "time/train_s": t_train,
                    "reward/global_mixed_mean": float(global_rewards.mean()),
                    **mixed.log_metrics(), **{k: v for k, v in getattr(batch, "metrics", {}).items()},

@@ -64,7 +64,7 @@ def read_prompt_file(path: str | Path) -> list[PromptRecord]:
     return records
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # the balanced order alternates between one permutation per stratum + the block's
 def seeded_permutation(n: int, *seed_parts: int) -> tuple[int, ...]:
     """A permutation of range(n) that depends only on the seed parts."""
     seed = 0

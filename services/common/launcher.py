@@ -6,7 +6,8 @@
 Runs `python -m <module> --host 127.0.0.1 --port <free port> <args>` (from `cwd`, default the repository root),
 waits for /health/ready (failing fast with the process's log if it exits or never turns ready), yields a
 `RunningService`, then sends SIGTERM (drain) and kills it if it does not exit in time. Its stdout+stderr go to a log
-file. `exit_on_sigterm()` makes a SIGTERM of the calling process run that cleanup too. Used by the shapes demo, the benchmarks and the tests that need a real service process.
+file. `exit_on_sigterm()` makes a SIGTERM of the calling process run that cleanup too. Used by the shapes demo, the
+benchmarks and the tests that need a real service process.
 """
 from __future__ import annotations
 

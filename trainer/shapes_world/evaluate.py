@@ -40,17 +40,24 @@ class EvalConfig:
     threads: int = 1  # torch CPU threads
 
 
-def geneval_strict(images: np.ndarray, entries: list[Metadata]) -> tuple[dict[str, float], list[float]]:
-    """(GenEval summary: strict accuracy per tag + overall, per-image strict values) with the shapes detector."""
+def shapes_geneval_values(images: np.ndarray, entries: list[Metadata], reward: str = "strict") -> list[float]:
+    """GenEval's value of each image (`reward`: 'strict' 0/1 or 'partial' credit) with the shapes detector, in
+    process: the GenEval service's scorer without the service."""
     from services.common.scorer import ScorerInput
     from services.geneval.scorer import GenEvalScorer, GenEvalScorerConfig
-    from services.geneval.scoring import summarize
     from services.geneval.shapes_detector import ShapesDetector
 
-    scorer = GenEvalScorer(ShapesDetector(), GenEvalScorerConfig(reward="strict"))
+    scorer = GenEvalScorer(ShapesDetector(), GenEvalScorerConfig(reward=reward))
     scorer.setup()
     outputs = scorer.score([ScorerInput(image, e["prompt"], e) for image, e in zip(images, entries)])
-    values = [float(o.value) for o in outputs]
+    return [float(o.value) for o in outputs]
+
+
+def geneval_strict(images: np.ndarray, entries: list[Metadata]) -> tuple[dict[str, float], list[float]]:
+    """(GenEval summary: strict accuracy per tag + overall, per-image strict values) with the shapes detector."""
+    from services.geneval.scoring import summarize
+
+    values = shapes_geneval_values(images, entries, "strict")
     return summarize([e["tag"] for e in entries], values), values
 
 
