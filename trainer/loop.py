@@ -134,6 +134,7 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.epoch = 0  # epochs done
         self.logger: RunLogger | None = None
+        self._progress_reported = 0  # progress-bar position last shown (NFE under a budget, else steps)
         self.last_batch: Any = None  # the latest prepare_training result
 
     # --------------------------------------------------------------------------------------- checkpoints
@@ -310,7 +311,9 @@ class Trainer:
             raise FloatingPointError(f"non-finite loss at optimizer step {self.step}: {values['loss']}")
         if self.logger is not None:
             self.logger.record("step", self.step, values)
-            self.logger.progress(1, {"loss": values["loss"]})
+            position = self._progress_position()
+            self.logger.progress(position - self._progress_reported, {"loss": values["loss"], "step": self.step})
+            self._progress_reported = position
 
     def _maybe_images(self, rollout: Rollout) -> None:
         interval = self.config.logging.image_interval
@@ -335,6 +338,10 @@ class Trainer:
             self._message(f"eval at step {self.step}: {metrics}")
         barrier(self.ctx)
 
+    def _progress_position(self) -> int:
+        """Where the run stands in the unit its end is set in: model evaluations under --nfe-budget, else steps."""
+        return int(self.algo.cost.model_nfe()) if self.config.optim.nfe_budget > 0 else self.step
+
     def nfe_budget_spent(self) -> bool:
         """True once the algorithm's model evaluations reach --nfe-budget (never when it is 0)."""
         budget = self.config.optim.nfe_budget
@@ -348,9 +355,12 @@ class Trainer:
             if removed:
                 log.info("removed %d unfinished checkpoint writes", removed)
         resumed = self.maybe_resume()
+        self._progress_reported = self._progress_position()
+        by_nfe = cfg.optim.nfe_budget > 0
         self.logger = RunLogger(cfg.logging.output_dir, enabled=self.ctx.is_main,
                                 tensorboard=cfg.logging.tensorboard, progress_bar=cfg.logging.progress_bar,
-                                total_steps=cfg.optim.steps, initial_step=self.step)
+                                progress_total=cfg.optim.nfe_budget if by_nfe else cfg.optim.steps,
+                                progress_initial=self._progress_reported, progress_unit="NFE" if by_nfe else "step")
         last: Path | None = None
         try:
             self.logger.record("start", self.step, {

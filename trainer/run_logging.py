@@ -38,7 +38,8 @@ def _json_safe(value: Any) -> Any:
 
 class RunLogger:
     def __init__(self, output_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
-                 progress_bar: bool = True, total_steps: int = 0, initial_step: int = 0):
+                 progress_bar: bool = True, progress_total: int = 0, progress_initial: int = 0,
+                 progress_unit: str = "step"):
         self.enabled = enabled
         self.writer = None
         self.bar = None
@@ -53,7 +54,8 @@ class RunLogger:
             self.writer = SummaryWriter(str(output_dir / "tensorboard"))
         if progress_bar:
             from tqdm import tqdm
-            self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=progress_total, initial=progress_initial, desc="train", unit=progress_unit,
+                            dynamic_ncols=True, unit_scale=progress_unit != "step")
 
     def record(self, kind: str, step: int, values: dict[str, Any]) -> None:
         """One JSONL line and its scalars in TensorBoard under `<kind>/...`."""
@@ -70,9 +72,10 @@ class RunLogger:
         if self.enabled and self.writer is not None:
             self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
 
-    def progress(self, steps: int, postfix: dict[str, float] | None = None) -> None:
+    def progress(self, amount: int, postfix: dict[str, float] | None = None) -> None:
+        """Advance the bar by `amount` of its unit (optimizer steps, or model evaluations under an NFE budget)."""
         if self.bar is not None:
-            self.bar.update(steps)
+            self.bar.update(amount)
             if postfix:
                 self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
 

@@ -86,6 +86,16 @@ def test_an_nfe_budget_stops_the_run_after_the_epoch_that_reaches_it(tiny_sd3_di
     assert len(epochs) >= 2 and spent[-1] >= 100 and all(s < 100 for s in spent[:-1])
 
 
+def test_under_an_nfe_budget_the_progress_bar_counts_model_evaluations_to_the_budget(tiny_sd3_dir, tmp_path,
+                                                                                         capsys):
+    trainer = make_trainer(tiny_sd3_dir, tmp_path, steps=100, num_steps=4, image_interval=0, nfe_budget=100)
+    trainer.config.logging.progress_bar = True
+    trainer.run()
+    bars = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("train:")]
+    assert any("/100 " in bar for bar in bars)  # the budget is the total (the last epoch may run past it)
+    assert bars[-1].startswith(f"train: {trainer.algo.cost.model_nfe()}") and "NFE" in bars[-1]
+
+
 def test_inner_epochs_reuse_the_rollouts_with_their_old_log_probs_and_the_first_pass_is_unchanged(tiny_sd3_dir,
                                                                                                   tmp_path):
     # 6 units per epoch, 2 per step: 3 optimizer steps per pass; 2 passes -> 6 steps from one rollout

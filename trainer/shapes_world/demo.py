@@ -35,6 +35,7 @@ import torch
 
 from services.common.launcher import REPO_ROOT, exit_on_sigterm, running_service
 from services.geneval.scorer import COMPONENTS as GENEVAL_REWARDS
+from trainer.dataclass_cli import add_dataclass_arguments, dataclass_from_namespace
 from trainer.reward_curve import plot_reward_curves, read_reward_curve
 from trainer.shapes_world.evaluate import EvalConfig, evaluate_checkpoint
 
@@ -159,10 +160,8 @@ def config_from_args(argv: list[str] | None = None) -> DemoConfig:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="Flags after `--` go to `python -m trainer` unchanged.")
-    for name, value in asdict(DemoConfig()).items():
-        if name != "trainer_flags":
-            parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    return DemoConfig(**vars(parser.parse_args(argv)), trainer_flags=extra)
+    add_dataclass_arguments(parser, DemoConfig, skip=("trainer_flags",))
+    return dataclass_from_namespace(DemoConfig, vars(parser.parse_args(argv)), trainer_flags=extra)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from trainer.dataclass_cli import add_dataclass_arguments, dataclass_from_namespace
 from trainer.models.base import FlowModel
 from trainer.sampling.schedule import uniform_shifted_sigmas
 from trainer.shapes_world.prompts import HELDOUT_FILE, Metadata, read_jsonl
@@ -111,10 +112,10 @@ def evaluate_checkpoint(config: EvalConfig) -> tuple[dict[str, float], np.ndarra
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name, value in asdict(EvalConfig()).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    config = EvalConfig(**vars(parser.parse_args(argv)))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataclass_arguments(parser, EvalConfig)
+    config = dataclass_from_namespace(EvalConfig, vars(parser.parse_args(argv)))
     torch.set_num_threads(config.threads)
     summary, _ = evaluate_checkpoint(config)
     print(json.dumps({"heldout_strict": {k: round(v, 4) for k, v in summary.items()}, "config": asdict(config)}))

@@ -67,7 +67,6 @@ with `--stop-at-step <the step it reached>`, as written above. On a GPU (`--devi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import shutil
@@ -80,6 +79,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.dataclass_cli import add_dataclass_arguments, dataclass_from_namespace
 from trainer.shapes_world.pixels import from_pixels, to_pixels
 from trainer.shapes_world.prompts import HELDOUT_FILE, PromptSampler, TagMix, all_metadata, read_jsonl, scene_for
 from trainer.shapes_world.render import RenderConfig
@@ -358,27 +358,11 @@ def pretrain(config: PretrainConfig) -> dict:
     return meta
 
 
-def _add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if dataclasses.is_dataclass(default):
-            _add_arguments(parser, type(default), prefix=f"{prefix}{f.name}_")
-            continue
-        name = "--" + (prefix + f.name).replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(name, type=lambda v: v.lower() in ("1", "true", "yes"), default=default,
-                                metavar="BOOL")
-        else:
-            parser.add_argument(name, type=type(default), default=default)
-
-
 def config_from_args(argv: list[str] | None = None) -> PretrainConfig:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_arguments(parser, PretrainConfig)
-    args = vars(parser.parse_args(argv))
-    mix = TagMix(**{f.name: args.pop(f"mix_{f.name}") for f in dataclasses.fields(TagMix)})
-    return PretrainConfig(**args, mix=mix)
+    add_dataclass_arguments(parser, PretrainConfig)
+    return dataclass_from_namespace(PretrainConfig, vars(parser.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> None:
