@@ -20,6 +20,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from trainer.dataclass_cli import field_default
+
 
 def knob(default: Any, help: str, **kwargs: Any) -> Any:
     """A config field with its one-line help (meaning + unit), shown by --help."""
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         for f in fields(section_cls):
             flags = [f"--{f.name.replace('_', '-')}"] + [a for a in ALIASES.get(f.name, []) if a != f"--{f.name.replace('_', '-')}"]
             tp = _field_type(section_cls, f.name)
-            default_text = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default_text = field_default(f)
             help_text = f"{f.metadata['help']} (default: {default_text if default_text not in (None, '') else 'empty'})"
             dest = f"{section}.{f.name}"
             if f.name == "reward_url":

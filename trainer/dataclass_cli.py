@@ -37,7 +37,8 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
+    """The field's default value, calling its default_factory when it has one."""
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
@@ -48,7 +49,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        default = _default(f)
+        default = field_default(f)
         if dataclasses.is_dataclass(default):
             add_dataclass_arguments(parser, type(default), prefix=f"{prefix}{f.name}_")
             continue
@@ -66,7 +67,7 @@ def dataclass_from_namespace(cls: type[T], values: dict[str, Any], prefix: str =
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in overrides:
             continue
-        default = _default(f)
+        default = field_default(f)
         if dataclasses.is_dataclass(default):
             kwargs[f.name] = dataclass_from_namespace(type(default), values, prefix=f"{prefix}{f.name}_")
         else:

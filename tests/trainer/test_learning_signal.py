@@ -22,8 +22,15 @@ from trainer.shapes_world.demo import DEMO_TRAINER_FLAGS
 pytestmark = pytest.mark.slow
 
 
-def test_tempflow_with_the_demo_settings_raises_mean_brightness_of_held_out_prompts(tmp_path):
+@pytest.fixture()
+def two_threads():
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tempflow_with_the_demo_settings_raises_mean_brightness_of_held_out_prompts(tmp_path, two_threads):
     flags = [*DEMO_TRAINER_FLAGS, "--groups-per-epoch", "6", "--steps", "8", "--lr", "1e-3", "--seed", "0",
              "--eval-interval", "0", "--image-interval", "0", "--checkpoint-interval", "0",
              "--no-progress-bar", "--output-dir", str(tmp_path / "run"), "--reward-url", "http://127.0.0.1:1"]
