@@ -121,3 +121,21 @@ def test_kl_mode_flowgrpo_code_is_dt_times_the_exact_kl_in_the_loss():
     for (unit, exact), (_, code) in zip(units["exact"], units["flowgrpo_code"]):
         dt = float(unit.sigma - unit.sigma_next)
         assert abs(code - dt * exact) <= 1e-4 * exact
+
+
+def test_block_noise_option_rescores_its_transitions_and_starts_training_at_unit_ratio():
+    algo, model, rollout, batch, gen = _run(noise_block=2)
+    x, x_next = rollout.latents[:, 1], rollout.latents[:, 2]
+    cond = rollout.prompt_cond.index(rollout.prompt_index)
+    with torch.no_grad():
+        v = model.velocity(x, algo.sigmas[1].expand(len(x)), cond, 3.0)
+    step = sde_step_with_logprob(x, v, algo.sigmas[1], algo.sigmas[2], algo.sigmas[1], 0.7, next_x=x_next,
+                                 noise_block=2)
+    assert torch.allclose(step.log_prob, rollout.log_probs[:, 1], atol=1e-5)
+    _, metrics = algo.loss(model, next(iter(algo.training_units(batch, gen))))
+    assert abs(metrics["ratio_mean"] - 1.0) < 1e-5 and abs(metrics["kl"]) < 1e-12
+
+
+def test_block_noise_is_refused_for_the_cps_step():
+    with pytest.raises(ValueError, match="noise_block"):
+        build_algorithm("flow_grpo", {"sde_type": "cps", "noise_block": 2})

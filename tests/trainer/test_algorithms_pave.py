@@ -162,3 +162,18 @@ def test_rollouts_of_prompt_chunks_concatenate_into_the_batch_of_their_union():
         assert torch.allclose(batch.advantages[i], alone.advantages[0])
         assert torch.equal(batch.branch_next[i], alone.branch_next[0])
     assert joined.query.prompts[9] == PROMPTS[1] and int(joined.seed_prompt[1]) == 1
+
+
+def test_block_noise_option_gives_zero_loss_at_the_start_and_n1_is_the_block_coarse_step():
+    algo, model, rollout, batch = _pave(noise_block=2)
+    model.perturb_adapter()
+    unit = branch_step_unit(batch, torch.tensor([[0, 1]]))
+    loss, grad = _grad(algo, model, unit)
+    assert abs(float(loss)) < 1e-6 and float(grad.abs().sum()) > 0
+    v1 = model.velocity(unit.states, unit.sigma, unit.cond, 1.0)
+    t1 = paved_transition(model, unit.states, v1, unit.sigma, unit.sigma_next, float(algo.sigmas[1]), 0.8,
+                          unit.cond, 1.0, n=1, noise_block=2)
+    mean, std, _ = sde_step_mean(unit.states, v1, unit.sigma, unit.sigma_next, algo.sigmas[1], 0.8, 2)
+    expected = gaussian_log_prob(unit.next_states[0], mean.expand_as(unit.next_states[0]), std, 2)
+    constant = torch.log(std.reshape(-1)) + math.log(math.sqrt(2 * math.pi))  # paved_log_prob drops both
+    torch.testing.assert_close(paved_log_prob(unit.next_states, t1)[0], expected + constant, rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 seed/prompt groups and the per-step reward matrix."""
 import math
 
+import pytest
 import torch
 
 from tests.support.toy_flow_model import ToyFlowModel, toy_reward
@@ -10,6 +11,7 @@ from trainer.algorithms.branching import branched_rollout
 from trainer.algorithms.registry import build_algorithm
 from trainer.algorithms.tempflow import noise_aware_weights
 from trainer.sampling.schedule import sd3_sigmas
+from trainer.sampling.noise_subspace import project_to_blocks
 from trainer.sampling.sde_step import sde_step_mean, sde_step_with_logprob
 
 torch.set_num_threads(1)
@@ -115,8 +117,9 @@ def _loss_and_grad(algo, model, unit):
     return float(loss.detach()), [p.grad.clone() for p in model.trainable_parameters()], metrics
 
 
-def test_invariant9_deduplicated_training_gives_the_duplicated_loss_and_gradient():
-    algo, model, rollout, gen = _tempflow(clip_range=0.05)
+@pytest.mark.parametrize("noise_block", [1, 2])
+def test_invariant9_deduplicated_training_gives_the_duplicated_loss_and_gradient(noise_block):
+    algo, model, rollout, gen = _tempflow(clip_range=0.05, noise_block=noise_block)
     rewards = toy_reward(rollout.query.images)
     rewards[: 4 * 3] = 0.3  # seed 0: constant reward at every step -> its rows are masked
     batch = algo.prepare_training(rollout, rewards, local_gather)
@@ -157,8 +160,9 @@ def test_rollout_and_training_cost_match_the_section3_plan():
         assert algo.cost.reference_nfe == algo.cost.training_nfe
 
 
-def test_start_of_training_has_unit_ratio_and_zero_kl():
-    algo, model, rollout, gen = _tempflow()
+@pytest.mark.parametrize("noise_block", [1, 2])
+def test_start_of_training_has_unit_ratio_and_zero_kl(noise_block):
+    algo, model, rollout, gen = _tempflow(noise_block=noise_block)
     batch = algo.prepare_training(rollout, toy_reward(rollout.query.images), local_gather)
     _, metrics = algo.loss(model, next(iter(algo.training_units(batch, gen))))
     assert abs(metrics["ratio_mean"] - 1) < 1e-5 and metrics["kl"] < 1e-12
@@ -236,3 +240,11 @@ def test_noise_aware_weights_scale_the_surrogate_and_not_the_kl():
     (weighted, unit), (plain, _) = losses[True], losses[False]
     assert weighted["kl"] == plain["kl"]
     assert not math.isclose(weighted["policy_loss"], plain["policy_loss"], rel_tol=1e-3)
+
+
+def test_block_noise_branches_differ_from_each_other_only_by_block_constant_images():
+    algo, model, rollout, gen = _tempflow(noise_block=2)
+    first_step = rollout.trajectories.branch_next[:, 0]  # [S, B, 3, 4, 4] after the SDE step at k = 0
+    differences = first_step[:, 1:] - first_step[:, :1]
+    assert differences.abs().max() > 0
+    torch.testing.assert_close(project_to_blocks(differences, 2), differences)

@@ -81,3 +81,13 @@ def test_validation_names_what_to_change():
 def test_unset_algorithm_knobs_are_left_to_the_algorithm_defaults():
     config, _ = config_from_args(["--group-size", "8", "--kl-beta", "0.01", "--algo-options", '{"same_latent": true}'])
     assert algorithm_options(config) == {"group_size": 8, "shift": 3.0, "beta": 0.01, "same_latent": True}
+
+
+def test_noise_block_flag_reaches_every_sde_algorithm_and_unset_keeps_the_papers_isotropic_noise():
+    from trainer.__main__ import build_algorithm
+
+    for algo in ("flow_grpo", "flow_grpo_fixed", "tempflow", "pave"):
+        config, _ = config_from_args(["--algo", algo, "--noise-block", "4", "--reward-url", "http://127.0.0.1:1"])
+        assert build_algorithm(config).config.noise_block == 4
+        config, _ = config_from_args(["--algo", algo, "--reward-url", "http://127.0.0.1:1"])
+        assert build_algorithm(config).config.noise_block == 1

@@ -21,6 +21,7 @@ import torch
 
 from trainer.algorithms.model_calls import nfe_per_sample, velocity_in_chunks
 from trainer.models.base import Conditioning, FlowModel
+from trainer.sampling.noise_subspace import block_noise_shape
 from trainer.sampling.sde_step import sde_step_with_logprob
 
 
@@ -39,16 +40,17 @@ class BranchedTrajectories:
 def branched_rollout(model: FlowModel, cond: Conditioning, x_init: torch.Tensor, sigmas: torch.Tensor,
                      branch_steps: list[int], num_branches: int, noise_level: float, guidance_scale: float,
                      anchor_steps: int, generator: torch.Generator, max_rows: int = 0,
-                     branch_noise: torch.Tensor | None = None) -> BranchedTrajectories:
+                     branch_noise: torch.Tensor | None = None, noise_block: int = 1) -> BranchedTrajectories:
     """Anchor + one-step SDE branches + batched ODE suffixes. cond: one row per seed; x_init: [S, ...] = x_T.
-    branch_noise [S, |K|, B, ...] fixes the eps_b of every branch (K sorted); otherwise drawn from `generator`
-    at each branch step."""
+    branch_noise [S, |K|, B, ...] fixes the eps_b of every branch (K sorted; block shape when noise_block > 1);
+    otherwise drawn from `generator` at each branch step."""
     num_steps = sigmas.shape[0] - 1
     seeds = x_init.shape[0]
     steps = sorted(branch_steps)
     if len(set(steps)) != len(steps) or any(k < 0 or k >= anchor_steps for k in steps):
         raise ValueError(f"branch steps {branch_steps} must be unique and within [0, {anchor_steps})")
     shape = tuple(x_init.shape[1:])
+    noise_shape = block_noise_shape(shape, noise_block)
     sigma_max = sigmas[1]
     anchor_states = [x_init.float()]
     branch_next = torch.zeros((seeds, len(steps), num_branches) + shape)
@@ -78,10 +80,11 @@ def branched_rollout(model: FlowModel, cond: Conditioning, x_init: torch.Tensor,
             if i in steps:
                 slot = steps.index(i)
                 noise = (branch_noise[:, slot] if branch_noise is not None
-                         else torch.randn((seeds, num_branches) + shape, generator=generator))
+                         else torch.randn((seeds, num_branches) + noise_shape, generator=generator))
                 step = sde_step_with_logprob(anchor_x.repeat_interleave(num_branches, 0),
                                              anchor_v.repeat_interleave(num_branches, 0), sigmas[i], sigmas[i + 1],
-                                             sigma_max, noise_level, noise=noise.reshape((-1,) + shape))
+                                             sigma_max, noise_level, noise=noise.reshape((-1,) + noise_shape),
+                                             noise_block=noise_block)
                 new_x = step.next_x.reshape((seeds, num_branches) + shape)
                 branch_next[:, slot] = new_x
                 if step.log_prob is not None:

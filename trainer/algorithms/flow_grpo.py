@@ -38,6 +38,7 @@ class FlowGRPOConfig:
     guidance_scale: float = 4.5  # CFG scale in sampling and training (1 = no CFG; >1 costs 2 NFE per sample)
     noise_level: float = 0.7  # a in P1 (or eta in P2 when sde_type="cps") (unitless)
     sde_type: Literal["sde", "cps"] = "sde"  # transition kernel: P1 Flow-GRPO SDE, or P2 CPS
+    noise_block: int = 1  # b: P1 noise on b x b block-constant images (sampling.noise_subspace); 1 = paper
     group_size: int = 24  # G samples per prompt (count)
     same_latent: bool = False  # True: all G samples of a prompt share one x_T seeded from a hash of the prompt
     timestep_fraction: float = 0.99  # trained steps j < int(N * fraction) (0.99 at N=10 trains 9 steps)
@@ -58,6 +59,8 @@ class FlowGRPOConfig:
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
         if self.noise_level <= 0:
             raise ValueError("noise_level must be > 0 for training (a = 0 is the deterministic evaluation sampler)")
+        if self.noise_block != 1 and self.sde_type != "sde":
+            raise ValueError("noise_block > 1 is defined for the P1 SDE step only (sde_type='sde')")
 
 
 @dataclass
@@ -95,7 +98,7 @@ class FlowGRPO(Algorithm):
         self.loss_settings = TransitionLossSettings(
             guidance_scale=config.guidance_scale, noise_level=config.noise_level, sigma_max=float(self.sigmas[1]),
             clip_range=config.clip_range, adv_clip_max=config.adv_clip_max, beta=config.beta,
-            kl_mode=config.kl_mode, sde_type=config.sde_type)
+            kl_mode=config.kl_mode, sde_type=config.sde_type, noise_block=config.noise_block)
 
     def _initial_noise(self, model: FlowModel, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
         shape = model.latent_shape()
@@ -126,7 +129,7 @@ class FlowGRPO(Algorithm):
                                              generator=generator)
             else:
                 step = sde_step_with_logprob(x, v, self.sigmas[i], self.sigmas[i + 1], sigma_max, cfg.noise_level,
-                                             generator=generator)
+                                             generator=generator, noise_block=cfg.noise_block)
             x = step.next_x
             if i < self.trained_steps:
                 latents.append(x)

@@ -38,6 +38,7 @@ from trainer.algorithms.reward_matrix import reward_by_step_metrics
 from trainer.models.base import Conditioning, FlowModel
 from trainer.rollout_merge import concat_conditionings, concat_queries
 from trainer.sampling.schedule import uniform_shifted_sigmas
+from trainer.sampling.noise_subspace import block_coordinates
 from trainer.sampling.sde_step import sde_step_mean
 
 
@@ -49,6 +50,7 @@ class PaveConfig:
     shift: float = 3.0  # shift applied to the uniform u_i = 1 - i/N schedule (unitless)
     guidance_scale: float = 1.0  # CFG scale; the code uses FLUX's guidance embedding, i.e. no CFG forward (1.0)
     noise_level: float = 0.8  # a of the branch SDE step ([PAVE-code] sde_eta) (unitless)
+    noise_block: int = 1  # b: branch noise on b x b block-constant images (sampling.noise_subspace); 1 = paper
     seeds_per_prompt: int = 1  # independent anchors per prompt (count)
     num_branches: int = 12  # G branches per branch step (count)
     branch_steps: tuple[int, ...] = (0, 2, 4, 6)  # K ([PAVE-code] sde_stepidx), indices into the N steps
@@ -81,12 +83,13 @@ class PavedTransition:
     mean: torch.Tensor  # [P, ...] carries the graph through every sub-step velocity
     var: torch.Tensor  # [P, 1, ...] per-element variance
     sub_sigmas: list[torch.Tensor]  # the times tau_j ([P] each) the velocity was evaluated at, in order
+    noise_block: int = 1  # b of the branch noise: the density is over the b x b block coordinates
 
 
 def paved_transition(model: FlowModel, x: torch.Tensor, v1: torch.Tensor, sigma: torch.Tensor,
                      sigma_next: torch.Tensor, sigma_max: float, noise_level: float, cond: Conditioning,
                      guidance_scale: float, n: int, variant: str = "pave_official",
-                     detach_substeps: bool = False) -> PavedTransition:
+                     detach_substeps: bool = False, noise_block: int = 1) -> PavedTransition:
     """T_n for a batch of anchor states x [P, ...] at sigma [P], given v1 = v(x, sigma) (n - 1 new evaluations)."""
     delta = (sigma_next - sigma) / n
     shape = (-1,) + (1,) * (x.ndim - 1)
@@ -102,15 +105,15 @@ def paved_transition(model: FlowModel, x: torch.Tensor, v1: torch.Tensor, sigma:
         times.append(tau)
     if variant == "pave_avgvel":
         mean_velocity = torch.stack(velocities).mean(dim=0)
-        mean, std, _ = sde_step_mean(x, mean_velocity, sigma, sigma_next, sigma_max, noise_level)
+        mean, std, _ = sde_step_mean(x, mean_velocity, sigma, sigma_next, sigma_max, noise_level, noise_block)
     else:
-        mean, std, _ = sde_step_mean(z, v, tau, sigma_next, sigma_max, noise_level)
-    return PavedTransition(mean=mean, var=std**2, sub_sigmas=times)
+        mean, std, _ = sde_step_mean(z, v, tau, sigma_next, sigma_max, noise_level, noise_block)
+    return PavedTransition(mean=mean, var=std**2, sub_sigmas=times, noise_block=noise_block)
 
 
 def paved_log_prob(next_states: torch.Tensor, transition: PavedTransition) -> torch.Tensor:
     """l_T(x') = -mean_d (x' - mu_T)^2 / (2 var_T) for x' [P, G, ...]; returns [P, G] (constants dropped)."""
-    diff = next_states.detach().float() - transition.mean.unsqueeze(1)
+    diff = block_coordinates(next_states.detach().float() - transition.mean.unsqueeze(1), transition.noise_block)
     elementwise = -(diff**2) / (2 * transition.var.unsqueeze(1))
     return elementwise.flatten(2).mean(dim=2)
 
@@ -151,7 +154,7 @@ class PaveGRPO(Algorithm):
         x_init = torch.randn((len(seed_prompt),) + tuple(model.latent_shape()), generator=generator)
         traj = branched_rollout(model, prompt_cond.index(seed_prompt), x_init, self.sigmas, K, G, cfg.noise_level,
                                 cfg.guidance_scale, anchor_steps=cfg.num_steps, generator=generator,
-                                max_rows=cfg.rollout_batch_size)
+                                max_rows=cfg.rollout_batch_size, noise_block=cfg.noise_block)
         self.cost.sampling_nfe += traj.nfe
         rollout_uid = int(torch.randint(0, 2**62, (1,), generator=generator))
         # image order, per seed: its anchor, then its branches (k-major, then g)
@@ -220,9 +223,10 @@ class PaveGRPO(Algorithm):
         x = unit.states.detach()
         v1 = model.velocity(x, unit.sigma, unit.cond, cfg.guidance_scale).float()
         coarse = paved_transition(model, x, v1, unit.sigma, unit.sigma_next, sigma_max, cfg.noise_level, unit.cond,
-                                  cfg.guidance_scale, 1)
+                                  cfg.guidance_scale, 1, noise_block=cfg.noise_block)
         paved = [paved_transition(model, x, v1, unit.sigma, unit.sigma_next, sigma_max, cfg.noise_level, unit.cond,
-                                  cfg.guidance_scale, n, cfg.variant, cfg.detach_substeps) for n in decomposition]
+                                  cfg.guidance_scale, n, cfg.variant, cfg.detach_substeps, cfg.noise_block)
+                 for n in decomposition]
         evaluations = 1 + sum(n - 1 for n in decomposition)
         self.cost.training_nfe += unit.states.shape[0] * evaluations * nfe_per_sample(cfg.guidance_scale)
         return coarse, paved

@@ -48,6 +48,7 @@ class TempFlowConfig:
     shift: float = 3.0  # SD3 static schedule shift s (unitless)
     guidance_scale: float = 4.5  # CFG scale in sampling and training (>1 costs 2 NFE per sample)
     noise_level: float = 0.7  # a of the branch SDE step (P1) (unitless)
+    noise_block: int = 1  # b: branch noise on b x b block-constant images (sampling.noise_subspace); 1 = paper
     seeds_per_prompt: int = 4  # independent x_T per prompt ([TF-code] num_image_per_prompt) (count)
     num_branches: int = 6  # B branches per (seed, branch step) ([TF-code] num_samples / exploration_k) (count)
     timestep_fraction: float = 0.99  # trainable steps j < int(N * fraction) (9 of 10 at the default)
@@ -123,7 +124,7 @@ class TempFlowGRPO(Algorithm):
         self.loss_settings = TransitionLossSettings(
             guidance_scale=config.guidance_scale, noise_level=config.noise_level, sigma_max=float(self.sigmas[1]),
             clip_range=config.clip_range, adv_clip_max=config.adv_clip_max, beta=config.beta,
-            kl_mode=config.kl_mode)
+            kl_mode=config.kl_mode, noise_block=config.noise_block)
 
     @torch.no_grad()
     def rollout(self, model: FlowModel, prompts: list[str], metadata: list[dict | None],
@@ -135,7 +136,7 @@ class TempFlowGRPO(Algorithm):
         x_init = torch.randn((len(seed_prompt),) + tuple(model.latent_shape()), generator=generator)
         traj = branched_rollout(model, prompt_cond.index(seed_prompt), x_init, self.sigmas, K, B, cfg.noise_level,
                                 cfg.guidance_scale, anchor_steps=cfg.num_steps - 1, generator=generator,
-                                max_rows=cfg.rollout_batch_size)
+                                max_rows=cfg.rollout_batch_size, noise_block=cfg.noise_block)
         self.cost.sampling_nfe += traj.nfe
         images = model.decode(traj.branch_final.flatten(0, 2))
         self.cost.reward_images += images.shape[0]
@@ -220,10 +221,10 @@ class TempFlowGRPO(Algorithm):
         v = model.velocity(unit.states, unit.sigma, unit.cond, st.guidance_scale)
         self.cost.training_nfe += pairs * per_sample
         mean, std, sigma_tilde = sde_step_mean(unit.states, v, unit.sigma, unit.sigma_next, st.sigma_max,
-                                               st.noise_level)
+                                               st.noise_level, st.noise_block)
         keep = unit.keep.reshape(-1)
         log_prob = gaussian_log_prob(unit.next_states.flatten(0, 1), mean.repeat_interleave(branches, 0),
-                                     std.repeat_interleave(branches, 0))
+                                     std.repeat_interleave(branches, 0), st.noise_block)
         advantages = clamp_advantages(unit.advantages.reshape(-1), st.adv_clip_max)
         terms = clipped_surrogate(log_prob[keep], unit.old_log_prob.reshape(-1)[keep], advantages[keep],
                                   st.clip_range, unit.weights.repeat_interleave(branches)[keep])
@@ -236,8 +237,9 @@ class TempFlowGRPO(Algorithm):
                 v_ref = model.velocity(unit.states, unit.sigma, unit.cond, st.guidance_scale)
             self.cost.reference_nfe += pairs * per_sample
             ref_mean, _, _ = sde_step_mean(unit.states, v_ref, unit.sigma, unit.sigma_next, st.sigma_max,
-                                           st.noise_level)
-            kl_pair = kl_to_reference(mean, ref_mean, std.reshape(-1), sigma_tilde.reshape(-1), st.kl_mode)
+                                           st.noise_level, st.noise_block)
+            kl_pair = kl_to_reference(mean, ref_mean, std.reshape(-1), sigma_tilde.reshape(-1), st.kl_mode,
+                                      st.noise_block)
             kl = kl_pair.repeat_interleave(branches)[keep].mean()
             loss = loss + st.beta * kl
             metrics["kl"] = float(kl.detach())

@@ -51,6 +51,7 @@ class TransitionLossSettings:
     beta: float  # KL coefficient (0 = no reference forward)
     kl_mode: KLMode  # "exact" or "flowgrpo_code" (P3)
     sde_type: Literal["sde", "cps"] = "sde"  # P1 or P2 transition
+    noise_block: int = 1  # b: P1 noise on b x b block-constant images (trainer.sampling.noise_subspace); 1 = papers
 
 
 def transition_step(x: torch.Tensor, v: torch.Tensor, unit: TransitionUnit, settings: TransitionLossSettings):
@@ -60,7 +61,7 @@ def transition_step(x: torch.Tensor, v: torch.Tensor, unit: TransitionUnit, sett
                                      next_x=unit.next_states)
         return step.log_prob, step.mean, step.std, step.std
     step = sde_step_with_logprob(x, v, unit.sigma, unit.sigma_next, settings.sigma_max, settings.noise_level,
-                                 next_x=unit.next_states)
+                                 next_x=unit.next_states, noise_block=settings.noise_block)
     return step.log_prob, step.mean, step.std, step.sigma_tilde
 
 
@@ -83,7 +84,7 @@ def transition_loss(model: FlowModel, unit: TransitionUnit, settings: Transition
             v_ref = model.velocity(unit.states, unit.sigma, unit.cond, settings.guidance_scale)
         cost.reference_nfe += rows * per_sample
         _, ref_mean, _, _ = transition_step(unit.states, v_ref, unit, settings)
-        kl = kl_to_reference(mean, ref_mean, std, kl_scale, settings.kl_mode).mean()
+        kl = kl_to_reference(mean, ref_mean, std, kl_scale, settings.kl_mode, settings.noise_block).mean()
         loss = loss + settings.beta * kl
         metrics["kl"] = float(kl.detach())
     metrics["loss"] = float(loss.detach())

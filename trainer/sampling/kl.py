@@ -15,14 +15,18 @@ from typing import Literal
 
 import torch
 
+from trainer.sampling.noise_subspace import block_coordinates
+
 KLMode = Literal["exact", "flowgrpo_code"]
 KL_MODES: tuple[str, ...] = ("exact", "flowgrpo_code")
 
 
 def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, sigma_tilde: torch.Tensor,
-                    kl_mode: KLMode = "exact") -> torch.Tensor:
-    """Per-row KL [B] from transition means [B, ...] and the per-row std s and noise scale sigma~ ([B])."""
-    squared = ((mean - ref_mean) ** 2).mean(dim=tuple(range(1, mean.ndim)))
+                    kl_mode: KLMode = "exact", noise_block: int = 1) -> torch.Tensor:
+    """Per-row KL [B] from transition means [B, ...] and the per-row std s and noise scale sigma~ ([B]); with
+    noise_block b > 1 the KL of the block-subspace transitions (mean over the block coordinates)."""
+    difference = block_coordinates(mean - ref_mean, noise_block)
+    squared = (difference**2).mean(dim=tuple(range(1, difference.ndim)))
     if kl_mode == "exact":
         scale = std
     elif kl_mode == "flowgrpo_code":

@@ -11,6 +11,9 @@ All math runs in fp32 whatever the model's dtype. sigma / sigma_next may be pyth
 per row ([B]); rows of one call may therefore sit at different steps (Flow-GRPO's shuffled training minibatches).
 With a = 0 the step is the Euler step and no log-prob exists (returned as None). x' is detached inside the
 log-prob, as in [FG]: gradients flow only through mu.
+
+`noise_block` b > 1 puts the noise (and the score correction) in the subspace of b x b block-constant images and
+scores the subspace coordinates (trainer.sampling.noise_subspace; not in the papers). b = 1 is the papers' step.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from trainer.sampling.noise_subspace import block_coordinates, block_noise_shape, embed_block_noise, project_to_blocks
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2.0 * math.pi))
 
@@ -31,6 +36,7 @@ class SDEStep:
     std: torch.Tensor  # [B] fp32: s_i, per-element std of the transition
     sigma_tilde: torch.Tensor  # [B] fp32: the SDE noise scale sigma~_i (before the sqrt(|dt|) factor)
     log_prob: torch.Tensor | None  # [B] fp32: mean_d log N(next_x; mean, s^2); None when s == 0 (a = 0)
+    # with noise_block b > 1 the mean over d runs over the b x b block coordinates (noise_subspace)
 
 
 def per_row(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -55,36 +61,44 @@ def sde_sigma_tilde(sigma: torch.Tensor, sigma_max: float | torch.Tensor, noise_
 
 
 def sde_step_mean(x: torch.Tensor, v: torch.Tensor, sigma: float | torch.Tensor, sigma_next: float | torch.Tensor,
-                  sigma_max: float | torch.Tensor, noise_level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mu, s, sigma~) of P1 in fp32, s and sigma~ in broadcast shape ([] or [B, 1, ...])."""
+                  sigma_max: float | torch.Tensor, noise_level: float,
+                  noise_block: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mu, s, sigma~) of P1 in fp32, s and sigma~ in broadcast shape ([] or [B, 1, ...]); with noise_block b > 1
+    the score correction term of mu is projected onto the b x b block-constant subspace."""
     x = x.float()
     v = v.float()
     sigma_t = per_row(sigma, x)
     dt = per_row(sigma_next, x) - sigma_t
     sigma_tilde = sde_sigma_tilde(sigma_t, sigma_max, noise_level)
-    mean = x * (1 + sigma_tilde**2 / (2 * sigma_t) * dt) + v * (1 + sigma_tilde**2 * (1 - sigma_t) / (2 * sigma_t)) * dt
+    correction = sigma_tilde**2 / (2 * sigma_t) * (x + (1 - sigma_t) * v) * dt
+    mean = x + v * dt + project_to_blocks(correction, noise_block)
     std = sigma_tilde * torch.sqrt(-dt)
     return mean, std, sigma_tilde
 
 
-def gaussian_log_prob(next_x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """mean_d log N(next_x; mean, std^2) per row ([B]); next_x is treated as data (detached)."""
-    elementwise = -((next_x.detach().float() - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
+def gaussian_log_prob(next_x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                      noise_block: int = 1) -> torch.Tensor:
+    """mean_d log N(next_x; mean, std^2) per row ([B]); next_x is treated as data (detached). With noise_block
+    b > 1, d runs over the block coordinates P^T (next_x - mean)."""
+    residual = block_coordinates(next_x.detach().float() - mean, noise_block)
+    elementwise = -(residual**2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
     return elementwise.mean(dim=tuple(range(1, elementwise.ndim)))
 
 
 def sde_step_with_logprob(x: torch.Tensor, v: torch.Tensor, sigma: float | torch.Tensor,
                           sigma_next: float | torch.Tensor, sigma_max: float | torch.Tensor, noise_level: float, *,
                           next_x: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None) -> SDEStep:
+                          generator: torch.Generator | None = None, noise_block: int = 1) -> SDEStep:
     """P1. Samples x_{i+1} (noise from `noise`, else drawn with `generator`) unless `next_x` is given, in which case
-    it only scores it (the training pass recomputes l(x_{i+1} | x_i) under the current policy)."""
-    mean, std, sigma_tilde = sde_step_mean(x, v, sigma, sigma_next, sigma_max, noise_level)
+    it only scores it (the training pass recomputes l(x_{i+1} | x_i) under the current policy). With noise_block
+    b > 1, `noise` has the block shape [B, ..., H/b, W/b] (block_noise_shape)."""
+    mean, std, sigma_tilde = sde_step_mean(x, v, sigma, sigma_next, sigma_max, noise_level, noise_block)
     batch = x.shape[0]
     if next_x is None:
         if noise is None:
-            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
-        next_x = mean + std * noise.float()
-    log_prob = gaussian_log_prob(next_x, mean, std) if bool((std > 0).all()) else None
+            noise = torch.randn(block_noise_shape(x.shape, noise_block), generator=generator, dtype=torch.float32,
+                                device=x.device)
+        next_x = mean + std * embed_block_noise(noise.float(), noise_block)
+    log_prob = gaussian_log_prob(next_x, mean, std, noise_block) if bool((std > 0).all()) else None
     return SDEStep(next_x=next_x.float(), mean=mean, std=row_vector(std, batch),
                    sigma_tilde=row_vector(sigma_tilde, batch), log_prob=log_prob)
