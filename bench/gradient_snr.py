@@ -11,8 +11,9 @@ gradients of every pair of batches are compared by cosine. Two batches' gradient
 they share, so E[cos] ~ |signal|^2 / (|signal|^2 + |noise|^2) at that batch size. The same is done with the rewards
 shuffled within each batch (no signal by construction): its cosine is the floor the real one must rise above.
 
-Printed per K (and noise block b, trainer.sampling.noise_subspace): mean cosine over batch pairs, real vs shuffled, their difference, and the images per batch. At the
-fresh LoRA (B = 0) only the B matrices receive gradients, as at the first step of a run.
+Printed per K and branch-noise block size b (trainer.sampling.noise_subspace): mean cosine over batch pairs, real
+vs shuffled, their difference, and the images per batch. At the fresh LoRA (B = 0) only the B matrices receive
+gradients, as at the first step of a run.
 """
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         null = [batch_gradient(model, algo, entries, args.reward, 200 + i, True) for i in range(args.batches)]
         cos_real, cos_null = mean_pair_cosine(real), mean_pair_cosine(null)
         images = args.prompts * args.branches * len(steps)
-        print(f"{spec:<14}{block:>3}{images:>8}{cos_real:>10.4f}{cos_null:>14.4f}{cos_real - cos_null:>12.4f}", flush=True)
+        print(f"{spec:<14}{block:>3}{images:>8}{cos_real:>10.4f}{cos_null:>14.4f}{cos_real - cos_null:>12.4f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class AlgorithmConfig:
     guidance_scale: float | None = knob(None, "classifier-free guidance scale during sampling and training (SD3.5: 4.5; 1 = off)")
     eval_guidance_scale: float | None = knob(None, "CFG scale of evaluation; empty = guidance_scale (or 1 when that is empty)")
     noise_level: float | None = knob(None, "a: SDE noise level of P1 (SD3.5: 0.7)")
-    noise_block: int | None = knob(None, "b: SDE noise on b x b block-constant latents, spatial elements (1 = the papers' isotropic noise; trainer/sampling/noise_subspace.py)")
+    noise_block: int | None = knob(None, "b: side of the square latent blocks the SDE noise is constant on, in latent elements (1 = the papers' isotropic noise; trainer/sampling/noise_subspace.py)")
     shift: float = knob(3.0, "SD3 static time shift s of the sigma schedule (evaluation sampler and algorithms)")
     clip_range: float | None = knob(None, "PPO clip epsilon of P5 (Flow-GRPO: 1e-4)")
     kl_beta: float | None = knob(None, "beta: weight of the KL to the reference (adapter off) policy")

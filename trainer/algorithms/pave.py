@@ -37,8 +37,8 @@ from trainer.algorithms.model_calls import nfe_per_sample
 from trainer.algorithms.reward_matrix import reward_by_step_metrics
 from trainer.models.base import Conditioning, FlowModel
 from trainer.rollout_merge import concat_conditionings, concat_queries
-from trainer.sampling.schedule import uniform_shifted_sigmas
 from trainer.sampling.noise_subspace import block_coordinates
+from trainer.sampling.schedule import uniform_shifted_sigmas
 from trainer.sampling.sde_step import sde_step_mean
 
 
