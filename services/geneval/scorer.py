@@ -3,7 +3,10 @@
 One batch = one `detect` forward over all valid items, then one `classify_colors` call with every crop the
 batch's colour clauses need, then GenEval's rules (services.geneval.scoring) per item. Each reply carries the
 components `strict` (GenEval correctness, 0 or 1) and `partial` (Flow-GRPO-style partial credit in [0, 1]), and the
-per-clause detail; which of the two is the reward `value` is a setting (partial credit by default, for training).
+per-clause detail; which is the reward `value` is a setting (partial credit by default, for training). The setting
+`graded` adds a third component and makes it the value: the partial credit averaged over the confidence threshold
+scaled from 0 to GenEval's (services.geneval.scoring.graded_credit), a shaped reward that grows continuously with
+the detector's confidence in each object.
 An item whose metadata is not GenEval's fails alone, with a message naming the field.
 """
 from __future__ import annotations
@@ -21,18 +24,21 @@ from services.geneval.scoring import (
     ScoringConfig,
     colour_targets,
     evaluate,
+    graded_colour_targets,
+    graded_credit,
     parse_metadata,
     select_detections,
 )
 
 COMPONENTS = ["strict", "partial"]  # component names of every successful item
+REWARDS = [*COMPONENTS, "graded"]  # what the reply's value can be; "graded" also adds itself as a component
 
 
 @dataclass(frozen=True)
 class GenEvalScorerConfig:
     """How detections become a reward."""
 
-    reward: Literal["partial", "strict"] = "partial"  # which component is the reply's `value`
+    reward: Literal["partial", "strict", "graded"] = "partial"  # which component is the reply's `value`
     scoring: ScoringConfig = field(default_factory=ScoringConfig)  # GenEval's thresholds
     detail_detections: bool = True  # include the selected detections (boxes, confidences, colours) in the detail
 
@@ -54,10 +60,11 @@ class GenEvalScorer(Scorer):
     """GenEval over a detector backend (shapes or mmdet)."""
 
     def __init__(self, backend: DetectorBackend, config: GenEvalScorerConfig = GenEvalScorerConfig()) -> None:
-        if config.reward not in COMPONENTS:
-            raise ValueError(f"reward must be one of {COMPONENTS}, got {config.reward!r}")
+        if config.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {config.reward!r}")
         self.backend = backend
         self.config = config
+        self.components = COMPONENTS + (["graded"] if config.reward == "graded" else [])
 
     def setup(self) -> None:
         self.backend.setup()
@@ -73,8 +80,9 @@ class GenEvalScorer(Scorer):
             score_min=0.0,
             score_max=1.0,
             description=(f"GenEval ({self.backend.name} detector); value = {self.config.reward} "
-                         "(strict: GenEval correctness 0/1; partial: mean of per-check credits)"),
-            components=list(COMPONENTS),
+                         "(strict: GenEval correctness 0/1; partial: mean of per-check credits; graded: partial "
+                         "credit averaged over the confidence threshold from 0 to GenEval's)"),
+            components=list(self.components),
         )
 
     def warmup_inputs(self) -> list[ScorerInput]:
@@ -98,21 +106,32 @@ class GenEvalScorer(Scorer):
             raise RuntimeError(f"{self.backend.name} returned {len(detections)} detection lists for {len(valid)} images")
         config = self.config.scoring
         selected = {i: select_detections(found, parsed[i].tag, config) for i, found in zip(valid, detections)}
-        # every crop the batch's colour clauses need, in one call
+        graded = self.config.reward == "graded"
+        # every crop the batch's colour clauses need (at GenEval's thresholds, and below them for `graded`), in one
+        # call; colour_of[i] maps id(detection) to its colour
         requests: list[ColorRequest] = []
-        request_keys: list[tuple[int, int]] = []
-        for i in valid:
-            for clause_index, targets in colour_targets(selected[i], parsed[i]).items():
+        request_items: list[int] = []
+        official: dict[int, dict[int, list[Detection]]] = {}
+        for i, found in zip(valid, detections):
+            official[i] = colour_targets(selected[i], parsed[i])
+            needed = graded_colour_targets(found, parsed[i], config) if graded else {}
+            for clause_index, targets in official[i].items():
+                extra = needed.setdefault(clause_index, [])
+                extra.extend(d for d in targets if all(d is not other for other in extra))
+            for clause_index, targets in needed.items():
                 requests.append(ColorRequest(items[i].image, tuple(targets), parsed[i].include[clause_index].class_name))
-                request_keys.append((i, clause_index))
+                request_items.append(i)
         answers = self.backend.classify_colors(requests) if requests else []
-        colours: dict[int, dict[int, list[str]]] = {i: {} for i in valid}
-        for (i, clause_index), answer in zip(request_keys, answers):
-            colours[i][clause_index] = list(answer)
-        for i in valid:
-            evaluation = evaluate(selected[i], parsed[i], colours[i], config)
+        colour_of: dict[int, dict[int, str]] = {i: {} for i in valid}
+        for request, i, answer in zip(requests, request_items, answers):
+            colour_of[i].update({id(d): colour for d, colour in zip(request.detections, answer)})
+        for i, found in zip(valid, detections):
+            colours = {index: [colour_of[i][id(d)] for d in targets] for index, targets in official[i].items()}
+            evaluation = evaluate(selected[i], parsed[i], colours, config)
             strict = 1.0 if evaluation.strict else 0.0
             components = {"strict": strict, "partial": evaluation.partial}
+            if graded:
+                components["graded"] = graded_credit(found, parsed[i], colour_of[i], config)
             detail = evaluation.detail()
             if self.config.detail_detections:
                 detail["detections"] = _detections_detail(selected[i])

@@ -37,7 +37,7 @@ The server's own `strict_correct` (exact count, no exclude clauses) is not repro
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -393,6 +393,57 @@ def evaluate(
         partial=float(sum(terms) / len(terms)) if terms else 0.0,
         clauses=results,
     )
+
+
+def scaled_thresholds(config: ScoringConfig, scale: float) -> ScoringConfig:
+    """`config` with both confidence thresholds multiplied by `scale` (the rest unchanged)."""
+    return replace(config, threshold=config.threshold * scale, counting_threshold=config.counting_threshold * scale)
+
+
+def threshold_scale_intervals(detections: Iterable[Detection], tag: str,
+                              config: ScoringConfig = ScoringConfig()) -> list[tuple[float, float]]:
+    """The threshold scale u in [0, 1] cut where the selection changes: (u at the interval's middle, width) pairs.
+
+    At scale u a detection is selected when its confidence exceeds u x the tag's threshold, so the selection is
+    constant between the cuts u = confidence / threshold. The widths sum to 1."""
+    theta = config.counting_threshold if tag == "counting" else config.threshold
+    if theta <= 0:
+        return [(1.0, 1.0)]
+    cuts = sorted({0.0, 1.0} | {min(max(d.confidence / theta, 0.0), 1.0) for d in detections})
+    return [((low + high) / 2, high - low) for low, high in zip(cuts, cuts[1:]) if high > low]
+
+
+def graded_credit(detections: Sequence[Detection], metadata: GenEvalMetadata, colour_of: Mapping[int, str],
+                  config: ScoringConfig = ScoringConfig()) -> float:
+    """Partial credit averaged over the confidence threshold scaled from 0 to GenEval's: the integral over u in
+    [0, 1] of the partial credit with thresholds u x (0.3, 0.9 for counting).
+
+    Not in GenEval or Flow-GRPO (a shaped training reward, aligned with them): the integrand at u = 1 is the partial
+    credit, and an image that is right with every object above its threshold scores 1 as it does; but an object
+    below the threshold is counted over the part [0, confidence / threshold) of the scale, so the credit grows
+    continuously with the detector's confidence instead of jumping at the threshold, and extra low-confidence
+    objects cost credit over the same part. `colour_of` maps id(detection) to its colour name for every detection
+    a colour clause needs at some scale (`graded_colour_targets`)."""
+    total = 0.0
+    for scale, width in threshold_scale_intervals(detections, metadata.tag, config):
+        scaled = scaled_thresholds(config, scale)
+        selected = select_detections(detections, metadata.tag, scaled)
+        colours = {index: [colour_of[id(d)] for d in targets]
+                   for index, targets in colour_targets(selected, metadata).items()}
+        total += width * evaluate(selected, metadata, colours, scaled).partial
+    return float(total)
+
+
+def graded_colour_targets(detections: Sequence[Detection], metadata: GenEvalMetadata,
+                          config: ScoringConfig = ScoringConfig()) -> dict[int, list[Detection]]:
+    """Every detection whose colour `graded_credit` needs, per colour clause (include index), in order, no repeats."""
+    needed: dict[int, list[Detection]] = {}
+    for scale, _ in threshold_scale_intervals(detections, metadata.tag, config):
+        selected = select_detections(detections, metadata.tag, scaled_thresholds(config, scale))
+        for index, targets in colour_targets(selected, metadata).items():
+            seen = needed.setdefault(index, [])
+            seen.extend(d for d in targets if all(d is not other for other in seen))
+    return needed
 
 
 def summarize(tags: Sequence[str], correct: Sequence[bool | float]) -> dict[str, float]:

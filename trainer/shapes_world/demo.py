@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from services.common.launcher import REPO_ROOT, exit_on_sigterm, running_service
-from services.geneval.scorer import COMPONENTS as GENEVAL_REWARDS
+from services.geneval.scorer import REWARDS as GENEVAL_REWARDS
 from trainer.dataclass_cli import add_dataclass_arguments, dataclass_from_namespace
 from trainer.reward_curve import plot_reward_curves, read_reward_curve
 from trainer.shapes_world.evaluate import EvalConfig, evaluate_checkpoint

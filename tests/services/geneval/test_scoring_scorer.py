@@ -101,3 +101,18 @@ def test_detail_names_clauses_and_selected_detections():
 def test_unknown_reward_setting_is_rejected():
     with pytest.raises(ValueError):
         GenEvalScorer(FixedDetections([], {}), GenEvalScorerConfig(reward="mean"))
+
+
+def test_graded_value_adds_a_component_and_colours_low_confidence_objects_in_the_same_call():
+    faint, square = (0, 0, 5, 5), (20, 20, 25, 25)
+    backend = FixedDetections([[det("circle", faint, 0.15), det("square", square)]],
+                              {faint: "red", square: "blue"})
+    scorer = GenEvalScorer(backend, GenEvalScorerConfig(reward="graded"))
+    output = scorer.score([ScorerInput(IMAGE, "a photo of a red circle and a blue square", ATTR)])[0]
+    assert scorer.info().components == ["strict", "partial", "graded"]
+    assert output.components["strict"] == 0.0 and output.components["partial"] == 0.5
+    assert output.value == output.components["graded"] == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
+    assert len(backend.colour_calls) == 1
+    assert [(r.class_name, [d.box for d in r.detections]) for r in backend.colour_calls[0]] == [
+        ("circle", [faint]), ("square", [square])]
+    assert GenEvalScorer(backend).info().components == ["strict", "partial"]
