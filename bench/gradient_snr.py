@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.geneval.scorer import REWARDS as GENEVAL_REWARDS  # noqa: E402
 from trainer.advantages import local_gather  # noqa: E402
 from trainer.algorithms.tempflow import TempFlowConfig, TempFlowGRPO  # noqa: E402
 from trainer.models.shapes import ShapesConfig, ShapesFlowModel  # noqa: E402
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--branches", type=int, default=12, help="B branches per (seed, branch step)")
     parser.add_argument("--prompts", type=int, default=48, help="training prompts per batch (one seed each)")
     parser.add_argument("--batches", type=int, default=3, help="independent batches per K and reward kind")
-    parser.add_argument("--reward", default="partial", choices=["partial", "strict"])
+    parser.add_argument("--reward", default="partial", choices=GENEVAL_REWARDS,
+                        help="GenEval value the advantages are computed from")
     parser.add_argument("--guidance", type=float, default=3.0, help="CFG scale (the demo's)")
     parser.add_argument("--shift", type=float, default=1.0, help="SD3 time shift (the demo's)")
     parser.add_argument("--noise-blocks", type=int, nargs="+", default=[1],
