@@ -18,23 +18,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.common.scorer import ScorerInput  # noqa: E402
-from services.geneval.scorer import GenEvalScorer, GenEvalScorerConfig  # noqa: E402
 from services.geneval.scoring import TAGS, ScoringConfig, scaled_thresholds, summarize  # noqa: E402
-from services.geneval.shapes_detector import ShapesDetector  # noqa: E402
-from trainer.shapes_world.evaluate import EvalConfig, evaluate, load_model  # noqa: E402
+from trainer.shapes_world.evaluate import EvalConfig, evaluate, load_model, shapes_geneval_values  # noqa: E402
 
 
-def scored(images: np.ndarray, entries: list[dict], reward: str, scoring: ScoringConfig) -> list[float]:
-    scorer = GenEvalScorer(ShapesDetector(), GenEvalScorerConfig(reward=reward, scoring=scoring))
-    scorer.setup()
-    outputs = scorer.score([ScorerInput(image, e["prompt"], e) for image, e in zip(images, entries)])
-    return [float(o.value) for o in outputs]
+def print_row(label: str, summary: dict[str, float]) -> None:
+    print(f"{label:<16}" + "".join(f"{summary[t]:>14.3f}" for t in TAGS) + f"{summary['overall']:>9.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,10 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     tags = [e["tag"] for e in entries]
     print(f"{'threshold scale':<16}" + "".join(f"{t:>14}" for t in TAGS) + f"{'overall':>9}")
     for scale in args.scales:
-        summary = summarize(tags, scored(images, entries, "strict", scaled_thresholds(ScoringConfig(), scale)))
-        print(f"{scale:<16g}" + "".join(f"{summary[t]:>14.3f}" for t in TAGS) + f"{summary['overall']:>9.3f}")
-    graded = summarize(tags, scored(images, entries, "graded", ScoringConfig()))
-    print(f"{'graded credit':<16}" + "".join(f"{graded[t]:>14.3f}" for t in TAGS) + f"{graded['overall']:>9.3f}")
+        summary = summarize(tags, shapes_geneval_values(images, entries, "strict",
+                                                      scaled_thresholds(ScoringConfig(), scale)))
+        print_row(f"{scale:g}", summary)
+    print_row("graded credit", summarize(tags, shapes_geneval_values(images, entries, "graded")))
 
 
 if __name__ == "__main__":

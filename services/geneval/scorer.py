@@ -24,10 +24,11 @@ from services.geneval.scoring import (
     ScoringConfig,
     colour_targets,
     evaluate,
-    graded_colour_targets,
     graded_credit,
+    graded_levels,
     parse_metadata,
     select_detections,
+    union_colour_targets,
 )
 
 COMPONENTS = ["strict", "partial"]  # component names of every successful item
@@ -107,31 +108,29 @@ class GenEvalScorer(Scorer):
         config = self.config.scoring
         selected = {i: select_detections(found, parsed[i].tag, config) for i, found in zip(valid, detections)}
         graded = self.config.reward == "graded"
+        levels = ({i: graded_levels(found, parsed[i].tag, config) for i, found in zip(valid, detections)}
+                  if graded else {})
         # every crop the batch's colour clauses need (at GenEval's thresholds, and below them for `graded`), in one
         # call; colour_of[i] maps id(detection) to its colour
         requests: list[ColorRequest] = []
         request_items: list[int] = []
-        official: dict[int, dict[int, list[Detection]]] = {}
-        for i, found in zip(valid, detections):
-            official[i] = colour_targets(selected[i], parsed[i])
-            needed = graded_colour_targets(found, parsed[i], config) if graded else {}
-            for clause_index, targets in official[i].items():
-                extra = needed.setdefault(clause_index, [])
-                extra.extend(d for d in targets if all(d is not other for other in extra))
-            for clause_index, targets in needed.items():
+        for i in valid:
+            selections = [level.selected for level in levels.get(i, [])] + [selected[i]]
+            for clause_index, targets in union_colour_targets(selections, parsed[i]).items():
                 requests.append(ColorRequest(items[i].image, tuple(targets), parsed[i].include[clause_index].class_name))
                 request_items.append(i)
         answers = self.backend.classify_colors(requests) if requests else []
         colour_of: dict[int, dict[int, str]] = {i: {} for i in valid}
         for request, i, answer in zip(requests, request_items, answers):
             colour_of[i].update({id(d): colour for d, colour in zip(request.detections, answer)})
-        for i, found in zip(valid, detections):
-            colours = {index: [colour_of[i][id(d)] for d in targets] for index, targets in official[i].items()}
+        for i in valid:
+            colours = {index: [colour_of[i][id(d)] for d in targets]
+                       for index, targets in colour_targets(selected[i], parsed[i]).items()}
             evaluation = evaluate(selected[i], parsed[i], colours, config)
             strict = 1.0 if evaluation.strict else 0.0
             components = {"strict": strict, "partial": evaluation.partial}
             if graded:
-                components["graded"] = graded_credit(found, parsed[i], colour_of[i], config)
+                components["graded"] = graded_credit(levels[i], parsed[i], colour_of[i])
             detail = evaluation.detail()
             if self.config.detail_detections:
                 detail["detections"] = _detections_detail(selected[i])

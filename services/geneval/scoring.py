@@ -413,37 +413,53 @@ def threshold_scale_intervals(detections: Iterable[Detection], tag: str,
     return [((low + high) / 2, high - low) for low, high in zip(cuts, cuts[1:]) if high > low]
 
 
-def graded_credit(detections: Sequence[Detection], metadata: GenEvalMetadata, colour_of: Mapping[int, str],
-                  config: ScoringConfig = ScoringConfig()) -> float:
+@dataclass(frozen=True)
+class GradedLevel:
+    """One interval of the threshold scale u: its width and what is selected over it."""
+
+    width: float  # the interval's length on u in [0, 1]
+    config: ScoringConfig  # thresholds scaled to the interval's middle
+    selected: dict[str, list[Detection]]  # select_detections at those thresholds
+
+
+def graded_levels(detections: Sequence[Detection], tag: str,
+                  config: ScoringConfig = ScoringConfig()) -> list[GradedLevel]:
+    """The selection over each interval of `threshold_scale_intervals` (what `graded_credit` integrates)."""
+    levels = []
+    for scale, width in threshold_scale_intervals(detections, tag, config):
+        scaled = scaled_thresholds(config, scale)
+        levels.append(GradedLevel(width, scaled, select_detections(detections, tag, scaled)))
+    return levels
+
+
+def union_colour_targets(selections: Iterable[Mapping[str, list[Detection]]],
+                         metadata: GenEvalMetadata) -> dict[int, list[Detection]]:
+    """`colour_targets` of several selections merged: per colour clause (include index, ascending), every detection
+    whose colour one of them needs, in order of first need, each once."""
+    needed: dict[int, list[Detection]] = {}
+    for selected in selections:
+        for index, targets in colour_targets(selected, metadata).items():
+            seen = needed.setdefault(index, [])
+            seen.extend(d for d in targets if all(d is not other for other in seen))
+    return dict(sorted(needed.items()))
+
+
+def graded_credit(levels: Sequence[GradedLevel], metadata: GenEvalMetadata, colour_of: Mapping[int, str]) -> float:
     """Partial credit averaged over the confidence threshold scaled from 0 to GenEval's: the integral over u in
-    [0, 1] of the partial credit with thresholds u x (0.3, 0.9 for counting).
+    [0, 1] of the partial credit with thresholds u x (0.3, 0.9 for counting), from `graded_levels`.
 
     Not in GenEval or Flow-GRPO (a shaped training reward, aligned with them): the integrand at u = 1 is the partial
     credit, and an image that is right with every object above its threshold scores 1 as it does; but an object
     below the threshold is counted over the part [0, confidence / threshold) of the scale, so the credit grows
     continuously with the detector's confidence instead of jumping at the threshold, and extra low-confidence
     objects cost credit over the same part. `colour_of` maps id(detection) to its colour name for every detection
-    a colour clause needs at some scale (`graded_colour_targets`)."""
+    a colour clause needs at some level (`union_colour_targets` of the levels' selections)."""
     total = 0.0
-    for scale, width in threshold_scale_intervals(detections, metadata.tag, config):
-        scaled = scaled_thresholds(config, scale)
-        selected = select_detections(detections, metadata.tag, scaled)
+    for level in levels:
         colours = {index: [colour_of[id(d)] for d in targets]
-                   for index, targets in colour_targets(selected, metadata).items()}
-        total += width * evaluate(selected, metadata, colours, scaled).partial
+                   for index, targets in colour_targets(level.selected, metadata).items()}
+        total += level.width * evaluate(level.selected, metadata, colours, level.config).partial
     return float(total)
-
-
-def graded_colour_targets(detections: Sequence[Detection], metadata: GenEvalMetadata,
-                          config: ScoringConfig = ScoringConfig()) -> dict[int, list[Detection]]:
-    """Every detection whose colour `graded_credit` needs, per colour clause (include index), in order, no repeats."""
-    needed: dict[int, list[Detection]] = {}
-    for scale, _ in threshold_scale_intervals(detections, metadata.tag, config):
-        selected = select_detections(detections, metadata.tag, scaled_thresholds(config, scale))
-        for index, targets in colour_targets(selected, metadata).items():
-            seen = needed.setdefault(index, [])
-            seen.extend(d for d in targets if all(d is not other for other in seen))
-    return needed
 
 
 def summarize(tags: Sequence[str], correct: Sequence[bool | float]) -> dict[str, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from trainer.dataclass_cli import add_dataclass_arguments, dataclass_from_namesp
 from trainer.models.base import FlowModel
 from trainer.sampling.schedule import uniform_shifted_sigmas
 from trainer.shapes_world.prompts import HELDOUT_FILE, Metadata, read_jsonl
+
+if TYPE_CHECKING:
+    from services.geneval.scoring import ScoringConfig
 
 
 @dataclass
@@ -41,14 +45,17 @@ class EvalConfig:
     threads: int = 1  # torch CPU threads
 
 
-def shapes_geneval_values(images: np.ndarray, entries: list[Metadata], reward: str = "strict") -> list[float]:
-    """GenEval's value of each image (`reward`: 'strict' 0/1 or 'partial' credit) with the shapes detector, in
-    process: the GenEval service's scorer without the service."""
+def shapes_geneval_values(images: np.ndarray, entries: list[Metadata], reward: str = "strict",
+                          scoring: ScoringConfig | None = None) -> list[float]:
+    """GenEval's value of each image (`reward`: 'strict' 0/1, 'partial' or 'graded' credit) with the shapes
+    detector, in process: the GenEval service's scorer without the service. `scoring`: thresholds (GenEval's when
+    None)."""
     from services.common.scorer import ScorerInput
     from services.geneval.scorer import GenEvalScorer, GenEvalScorerConfig
+    from services.geneval.scoring import ScoringConfig
     from services.geneval.shapes_detector import ShapesDetector
 
-    scorer = GenEvalScorer(ShapesDetector(), GenEvalScorerConfig(reward=reward))
+    scorer = GenEvalScorer(ShapesDetector(), GenEvalScorerConfig(reward=reward, scoring=scoring or ScoringConfig()))
     scorer.setup()
     outputs = scorer.score([ScorerInput(image, e["prompt"], e) for image, e in zip(images, entries)])
     return [float(o.value) for o in outputs]

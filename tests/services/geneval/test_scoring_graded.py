@@ -2,8 +2,8 @@
 import pytest
 
 from services.geneval.detections import Detection
-from services.geneval.scoring import (ScoringConfig, graded_colour_targets, graded_credit, parse_metadata,
-                                      threshold_scale_intervals)
+from services.geneval.scoring import (ScoringConfig, graded_credit, graded_levels, parse_metadata,
+                                      threshold_scale_intervals, union_colour_targets)
 from tests.services.geneval.test_scoring import counting, judge, two_object
 
 
@@ -11,11 +11,17 @@ def det(class_name, confidence, x=0, color=None):
     return Detection(class_name=class_name, confidence=confidence, box=(float(x), 0.0, x + 8.0, 8.0), color=color)
 
 
+def colour_needs(detections, metadata, config=ScoringConfig()):
+    """Every detection whose colour graded_credit needs, per colour clause."""
+    return union_colour_targets([level.selected for level in graded_levels(detections, metadata.tag, config)],
+                                metadata)
+
+
 def graded(detections, raw_metadata, config=ScoringConfig()):
     """graded_credit with colours read off the detections (as the shapes backend provides them)."""
     metadata = parse_metadata(raw_metadata)
-    colour_of = {id(d): d.color for ds in graded_colour_targets(detections, metadata, config).values() for d in ds}
-    return graded_credit(detections, metadata, colour_of, config)
+    colour_of = {id(d): d.color for ds in colour_needs(detections, metadata, config).values() for d in ds}
+    return graded_credit(graded_levels(detections, metadata.tag, config), metadata, colour_of)
 
 
 COLOUR = {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}]}
@@ -54,7 +60,7 @@ def test_an_extra_low_confidence_object_costs_credit():
 def test_colours_of_low_confidence_objects_are_judged_where_they_count():
     red, blue = det("circle", 0.15, 0, "red"), det("circle", 0.15, 0, "blue")
     metadata = parse_metadata(COLOUR)
-    assert graded_colour_targets([red], metadata) == {0: [red]}
+    assert colour_needs([red], metadata) == {0: [red]}
     assert graded([red], COLOUR) > graded([blue], COLOUR)
 
 
