@@ -5,8 +5,8 @@ GenEval's CLIP colour classifier from services.geneval.mmdet_backend, imported o
 for the CLIP colour classifier, transformers). That module provides `add_arguments(parser)` (its own flags: config,
 checkpoint, CLIP weights, device) and `build_backend(args) -> DetectorBackend`.
 
-Scoring flags: `--reward {partial,strict,graded}` picks the reply's value (strict and partial are always components;
-graded adds itself), and GenEval's thresholds can be changed (the defaults are the official ones). The shared service
+Scoring flags: `--reward {partial,strict,graded,confidence}` picks the reply's value (strict and partial are always
+components; graded and confidence add themselves), and GenEval's thresholds can be changed (the defaults are the official ones). The shared service
 flags (`--host`, `--port`, `--max-batch-items`, ... or `REWARD_*` env) come from services.common.settings.
 """
 from __future__ import annotations
@@ -36,8 +36,9 @@ def add_arguments_for(detector: str):
         parser.add_argument("--detector", choices=DETECTORS, default="shapes",
                             help="detector backend: shapes (classical CV, no weights) or mmdet (Mask2Former + CLIP)")
         parser.add_argument("--reward", choices=REWARDS, default="partial",
-                            help="the reply's value: partial credit (default, for training), strict 0/1, or graded "
-                                 "(partial credit averaged over the confidence threshold from 0 to GenEval's)")
+                            help="the reply's value: partial credit (default, for training), strict 0/1, graded "
+                                 "(partial credit averaged over the confidence threshold from 0 to GenEval's) or "
+                                 "confidence (the mean detector confidence of the requested objects)")
         defaults = ScoringConfig()
         parser.add_argument("--threshold", type=float, default=defaults.threshold,
                             help="detection confidence threshold (all tags but counting)")

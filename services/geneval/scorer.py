@@ -26,20 +26,22 @@ from services.geneval.scoring import (
     evaluate,
     graded_credit,
     graded_levels,
+    object_confidence,
     parse_metadata,
     select_detections,
     union_colour_targets,
 )
 
 COMPONENTS = ["strict", "partial"]  # component names of every successful item
-REWARDS = [*COMPONENTS, "graded"]  # what the reply's value can be; "graded" also adds itself as a component
+SHAPED = ["graded", "confidence"]  # shaped rewards: a component only when it is the selected value
+REWARDS = [*COMPONENTS, *SHAPED]  # what the reply's value can be
 
 
 @dataclass(frozen=True)
 class GenEvalScorerConfig:
     """How detections become a reward."""
 
-    reward: Literal["partial", "strict", "graded"] = "partial"  # which component is the reply's `value`
+    reward: Literal["partial", "strict", "graded", "confidence"] = "partial"  # which component is the reply's `value`
     scoring: ScoringConfig = field(default_factory=ScoringConfig)  # GenEval's thresholds
     detail_detections: bool = True  # include the selected detections (boxes, confidences, colours) in the detail
 
@@ -65,7 +67,7 @@ class GenEvalScorer(Scorer):
             raise ValueError(f"reward must be one of {REWARDS}, got {config.reward!r}")
         self.backend = backend
         self.config = config
-        self.components = COMPONENTS + (["graded"] if config.reward == "graded" else [])
+        self.components = COMPONENTS + ([config.reward] if config.reward in SHAPED else [])
 
     def setup(self) -> None:
         self.backend.setup()
@@ -82,7 +84,8 @@ class GenEvalScorer(Scorer):
             score_max=1.0,
             description=(f"GenEval ({self.backend.name} detector); value = {self.config.reward} "
                          "(strict: GenEval correctness 0/1; partial: mean of per-check credits; graded: partial "
-                         "credit averaged over the confidence threshold from 0 to GenEval's)"),
+                         "credit averaged over the confidence threshold from 0 to GenEval's; confidence: the mean "
+                         "detector confidence of the requested objects)"),
             components=list(self.components),
         )
 
@@ -106,7 +109,8 @@ class GenEvalScorer(Scorer):
         if len(detections) != len(valid):
             raise RuntimeError(f"{self.backend.name} returned {len(detections)} detection lists for {len(valid)} images")
         config = self.config.scoring
-        selected = {i: select_detections(found, parsed[i].tag, config) for i, found in zip(valid, detections)}
+        found_of = dict(zip(valid, detections))
+        selected = {i: select_detections(found, parsed[i].tag, config) for i, found in found_of.items()}
         graded = self.config.reward == "graded"
         levels = ({i: graded_levels(found, parsed[i].tag, config) for i, found in zip(valid, detections)}
                   if graded else {})
@@ -131,6 +135,8 @@ class GenEvalScorer(Scorer):
             components = {"strict": strict, "partial": evaluation.partial}
             if graded:
                 components["graded"] = graded_credit(levels[i], parsed[i], colour_of[i])
+            elif self.config.reward == "confidence":
+                components["confidence"] = object_confidence(found_of[i], parsed[i])
             detail = evaluation.detail()
             if self.config.detail_detections:
                 detail["detections"] = _detections_detail(selected[i])

@@ -462,6 +462,25 @@ def graded_credit(levels: Sequence[GradedLevel], metadata: GenEvalMetadata, colo
     return float(total)
 
 
+def object_confidence(detections: Sequence[Detection], metadata: GenEvalMetadata) -> float:
+    """How confidently the detector sees each object the prompt asks for: per include clause (class c, count n), the
+    n most confident detections of class c, a missing one counting 0; the mean over all requested objects, in [0, 1].
+
+    Not in GenEval or Flow-GRPO (a shaped training reward): it ignores colours, positions and exclude clauses, has
+    no threshold, and so rises continuously as each requested object is drawn more cleanly (the shapes detector's
+    confidence measures how cleanly a shape is drawn). Meant to be mixed with a compositional reward (partial
+    credit), as an aesthetic reward is mixed with GenEval in the papers."""
+    by_class: dict[str, list[float]] = {}
+    for d in detections:
+        by_class.setdefault(d.class_name, []).append(float(d.confidence))
+    total, requested = 0.0, 0
+    for clause in metadata.include:
+        found = sorted(by_class.get(clause.class_name, []), reverse=True)[: clause.count]
+        total += sum(min(max(c, 0.0), 1.0) for c in found)
+        requested += clause.count
+    return total / requested if requested else 0.0
+
+
 def summarize(tags: Sequence[str], correct: Sequence[bool | float]) -> dict[str, float]:
     """GenEval's summary: accuracy per tag present, and `overall` = the mean of the per-tag accuracies."""
     if len(tags) != len(correct):

@@ -116,3 +116,13 @@ def test_graded_value_adds_a_component_and_colours_low_confidence_objects_in_the
     assert [(r.class_name, [d.box for d in r.detections]) for r in backend.colour_calls[0]] == [
         ("circle", [faint]), ("square", [square])]
     assert GenEvalScorer(backend).info().components == ["strict", "partial"]
+
+
+def test_confidence_value_is_the_mean_confidence_of_the_requested_objects_whatever_their_colour():
+    faint, square = (0, 0, 5, 5), (20, 20, 25, 25)
+    backend = FixedDetections([[det("circle", faint, 0.15), det("square", square, 0.85)]],
+                              {faint: "green", square: "blue"})
+    scorer = GenEvalScorer(backend, GenEvalScorerConfig(reward="confidence"))
+    output = scorer.score([ScorerInput(IMAGE, "a photo of a red circle and a blue square", ATTR)])[0]
+    assert scorer.info().components == ["strict", "partial", "confidence"]
+    assert output.value == output.components["confidence"] == pytest.approx((0.15 + 0.85) / 2)
