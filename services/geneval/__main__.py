@@ -6,8 +6,9 @@ for the CLIP colour classifier, transformers). That module provides `add_argumen
 checkpoint, CLIP weights, device) and `build_backend(args) -> DetectorBackend`.
 
 Scoring flags: `--reward {partial,strict,graded,confidence}` picks the reply's value (strict and partial are always
-components; graded and confidence add themselves), and GenEval's thresholds can be changed (the defaults are the official ones). The shared service
-flags (`--host`, `--port`, `--max-batch-items`, ... or `REWARD_*` env) come from services.common.settings.
+components; graded and confidence add themselves), and GenEval's thresholds can be changed (the defaults are the
+official ones). The shared service flags (`--host`, `--port`, `--max-batch-items`, ... or `REWARD_*` env) come from
+services.common.settings.
 """
 from __future__ import annotations
 
