@@ -72,7 +72,7 @@ class DemoConfig:
     nfe_budget: int = 160_000  # model evaluations of the TempFlow-GRPO run (sampling + training + reference)
     steps: int = 100_000  # optimizer steps at most (the NFE budget ends the run first at the defaults)
     seed: int = 0  # seeds the training run and the evaluation noise
-    reward: str = "partial"  # the GenEval service's value: "partial" (credit per clause), "strict" (0/1) or "graded"
+    reward: str = "partial"  # the GenEval service's value: "partial", "strict" (0/1), "graded" or "confidence"
     eval_samples: int = 8  # images per held-out prompt in the before/after evaluations (4 moves overall by ~0.04)
     eval_steps: int = 10  # Euler steps of the evaluation sampler (the rollouts' N)
     eval_guidance: float = 3.0  # CFG scale of the evaluation sampler (the rollouts' scale)
