@@ -41,11 +41,12 @@ def test_the_demo_refuses_to_mix_its_run_into_an_earlier_one(tmp_path):
     assert result.returncode != 0 and "holds an earlier run" in result.stderr
 
 
-def test_the_demo_names_the_two_rewards_it_can_train_on():
+def test_the_demo_names_the_four_geneval_rewards_it_can_train_on():
     from trainer.shapes_world.demo import config_from_args
 
-    assert config_from_args(["--reward", "strict"]).reward == "strict"
-    with pytest.raises(ValueError, match="'partial' or 'strict'"):
+    for reward in ("strict", "partial", "graded", "confidence"):
+        assert config_from_args(["--reward", reward]).reward == reward
+    with pytest.raises(ValueError, match="'confidence' or 'graded' or 'partial' or 'strict', got 'clip'"):
         config_from_args(["--reward", "clip"])
 
 
