@@ -251,6 +251,23 @@ def test_a_reward_that_stays_down_fails_with_a_clear_error(brightness):
     assert failure.value.reward == "pickscore" and failure.value.urls == (dead_url,)
 
 
+def test_a_reward_can_be_a_named_component_of_a_services_reply(brightness):
+    query = make_query(8)
+    with client_for(RewardSpec(name="brightness", urls=[brightness.url]),
+                    RewardSpec(name="batch", urls=[brightness.url], component="batch_items", weight=0.5)) as client:
+        mixed = client.score(query)
+    torch.testing.assert_close(mixed.raw["brightness"], brightness_of(query), rtol=1e-6, atol=0)
+    torch.testing.assert_close(mixed.raw["batch"], mixed.components["batch"]["batch_items"])
+    assert set(mixed.raw["batch"].tolist()) <= {1.0, 2.0, 3.0}  # items per forward, at most --max-batch-items
+    torch.testing.assert_close(mixed.mixed, mixed.raw["brightness"] + 0.5 * mixed.raw["batch"])
+
+
+def test_a_component_the_service_does_not_announce_fails_at_once_naming_the_ones_it_does(brightness):
+    with client_for(RewardSpec(name="strict", urls=[brightness.url], component="strict")) as client:
+        with pytest.raises(RewardServiceError, match=r"component 'strict' .*forward_index, batch_items"):
+            client.score(make_query(4))
+
+
 def test_hot_swapping_the_config_file_changes_the_next_mix(tmp_path, brightness, contrast_service):
     path = tmp_path / "rewards.yaml"
     path.write_text(f"rewards:\n  - {{name: brightness, url: '{brightness.url}', weight: 1.0}}\n"

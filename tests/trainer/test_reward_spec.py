@@ -20,6 +20,13 @@ def test_key_value_flag_sets_name_weight_timeout_and_replicas():
     assert spec.weight == 0.5 and spec.timeout_s == 3.0
 
 
+def test_component_flag_takes_a_named_part_of_the_reply_as_the_reward():
+    specs = specs_from_flags(["name=strict,url=http://a:1,component=strict,weight=0.5",
+                              "name=partial,url=http://a:1,component=partial,weight=0.5"])
+    assert [(s.name, s.component, s.weight) for s in specs] == [("strict", "strict", 0.5), ("partial", "partial", 0.5)]
+    assert parse_reward_flag("http://a:1").component is None  # the reply's value
+
+
 def test_flag_without_url_or_with_unknown_key_is_rejected():
     with pytest.raises(ValueError, match="no url"):
         parse_reward_flag("name=pickscore,weight=2")

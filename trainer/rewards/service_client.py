@@ -147,6 +147,8 @@ class RewardServiceClient:
         model = next((c.model for c in chunks if c.model is not None), None)
         if model is None:
             model = await self.info()
+        if self.spec.component is not None:
+            values = self._component_values(components, model, count)
         return RewardScores(name=self.spec.name, values=values, components=components,
                             model_info=model_info_dict(model), requests=len(chunks),
                             retries=attempts.failed,
@@ -154,6 +156,16 @@ class RewardServiceClient:
                             compute_ms=sum(c.compute_ms for c in chunks))
 
     # ----- internals -----
+    def _component_values(self, components: dict[str, np.ndarray], model: reward_pb2.ModelInfo,
+                          count: int) -> np.ndarray:
+        """The spec's component as the reward values (NaN where an item failed), or a clear error."""
+        name = self.spec.component
+        if name not in model.components:
+            announced = ", ".join(model.components) or "none"
+            raise RewardServiceError(f"reward {self.spec.name!r}: component {name!r} is not one the service at "
+                                     f"{', '.join(self.spec.urls)} announces (its components: {announced})")
+        return components.get(name, np.full(count, np.nan))
+
     def _deadline_ms(self) -> int:
         """The per-request deadline the service should enforce (its default when the reward sets no timeout)."""
         return int(self.spec.timeout_s * 1000) if self.spec.timeout_s else 0

@@ -2,7 +2,9 @@
 
 A run scores every rollout with one or more rewards. Each reward is a `RewardSpec`: a name, one or more URLs
 (replicas of the same service, load-balanced least-busy with round-robin ties), a mixing weight, an optional API
-key and an optional per-request timeout. `RewardSetConfig` holds the list with the mixing mode and the retry
+key, an optional per-request timeout and an optional component: one of the named parts every reply carries (GenEval's
+`strict` and `partial`, HPSv3's `mu` and `sigma`) taken as the reward instead of the reply's value, so two rewards can
+be two parts of one service (e.g. GenEval strict 0.5 + partial 0.5; each spec sends its own requests). `RewardSetConfig` holds the list with the mixing mode and the retry
 policy; it is what a reward config file (trainer.rewards.config_file) or the CLI flags (`--reward-url`, `--reward`,
 parsed here) produce.
 """
@@ -51,6 +53,8 @@ class RewardSpec(BaseModel):
     api_key_env: str | None = None  # name of an environment variable holding the token (keeps it out of files)
     timeout_s: float | None = Field(None, gt=0)  # one HTTP request's timeout, seconds; None = RetryPolicy's
     max_in_flight: int = Field(4, ge=1)  # concurrent requests per replica (more chunks wait their turn)
+    # named component of the reply used as this reward (must be in the service's ModelInfo.components); None = value
+    component: str | None = Field(None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -121,7 +125,8 @@ def parse_reward_flag(text: str) -> RewardSpec:
     Accepted forms:
       `http://host:port`                                    one reward named after host:port, weight 1
       `name=pickscore,url=http://h:p,weight=0.5`            keys: name, url (repeat it for replicas), weight,
-                                                             api_key_env, api_key, timeout_s, max_in_flight
+                                                             api_key_env, api_key, timeout_s, max_in_flight,
+                                                             component
       `http://h:p,name=pickscore,weight=0.5`                 a bare URL first, then keys
     """
     fields: dict[str, object] = {}
