@@ -46,8 +46,23 @@ def test_the_demo_names_the_four_geneval_rewards_it_can_train_on():
 
     for reward in ("strict", "partial", "graded", "confidence"):
         assert config_from_args(["--reward", reward]).reward == reward
-    with pytest.raises(ValueError, match="'confidence' or 'graded' or 'partial' or 'strict', got 'clip'"):
+    with pytest.raises(ValueError, match="'confidence' or 'graded' or 'partial' or 'strict' or a mix .*, got 'clip'"):
         config_from_args(["--reward", "clip"])
+
+
+def test_a_reward_mix_trains_on_one_trainer_reward_per_component_of_one_service():
+    from trainer.shapes_world.demo import config_from_args, trainer_command
+
+    config = config_from_args(["--reward", "strict=0.5,confidence=0.25"])
+    assert config.reward_weights() == {"strict": 0.5, "confidence": 0.25}
+    assert config.service_reward() == "confidence"  # the service only announces a shaped component it serves
+    command = trainer_command(config, "http://127.0.0.1:9", REPO_ROOT / "run")
+    specs = [command[i + 1] for i, flag in enumerate(command) if flag == "--reward-url"]
+    assert specs == ["name=geneval-strict,url=http://127.0.0.1:9,component=strict,weight=0.5",
+                     "name=geneval-confidence,url=http://127.0.0.1:9,component=confidence,weight=0.25"]
+    for bad in ("strict=0.5,clip=0.5", "strict=half", "graded=0.5,confidence=0.5", "strict=1,strict=1"):
+        with pytest.raises(ValueError, match="--reward"):
+            config_from_args(["--reward", bad])
 
 
 def test_a_terminated_demo_stops_its_reward_service_and_its_trainer(tmp_path):

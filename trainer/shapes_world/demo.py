@@ -5,7 +5,8 @@
 
 What it does, in order (everything lands in --out-dir):
 1. starts `python -m services.geneval --detector shapes --reward <--reward>` (partial credit by default; `strict`
-   trains on GenEval's 0/1 correctness) on 127.0.0.1 (a free port) as a real service process;
+   trains on GenEval's 0/1 correctness; `strict=0.5,partial=0.5` trains on a weighted mix of the reply's components,
+   one trainer reward per component) on 127.0.0.1 (a free port) as a real service process;
 2. evaluates the base model on the held-out prompts (GenEval strict accuracy per tag, shapes detector, in process:
    trainer.shapes_world.evaluate) and writes `before.png` (one row per prompt);
 3. trains the base model's LoRA with `python -m trainer --algo tempflow --reward-url <the service>` (a separate
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 
 from services.common.launcher import REPO_ROOT, exit_on_sigterm, running_service
-from services.geneval.scorer import REWARDS as GENEVAL_REWARDS
+from services.geneval.scorer import REWARDS as GENEVAL_REWARDS, SHAPED as GENEVAL_SHAPED
 from trainer.dataclass_cli import add_dataclass_arguments, dataclass_from_namespace
 from trainer.reward_curve import plot_reward_curves, read_reward_curve
 from trainer.shapes_world.evaluate import EvalConfig, evaluate_checkpoint
@@ -72,7 +73,9 @@ class DemoConfig:
     nfe_budget: int = 160_000  # model evaluations of the TempFlow-GRPO run (sampling + training + reference)
     steps: int = 100_000  # optimizer steps at most (the NFE budget ends the run first at the defaults)
     seed: int = 0  # seeds the training run and the evaluation noise
-    reward: str = "partial"  # the GenEval service's value: "partial", "strict" (0/1), "graded" or "confidence"
+    # GenEval reward trained on: "partial", "strict" (0/1), "graded" or "confidence", or a weighted mix of these
+    # components such as "strict=0.5,partial=0.5" (at most one of graded / confidence)
+    reward: str = "partial"
     eval_samples: int = 8  # images per held-out prompt in the before/after evaluations (4 moves overall by ~0.04)
     eval_steps: int = 10  # Euler steps of the evaluation sampler (the rollouts' N)
     eval_guidance: float = 3.0  # CFG scale of the evaluation sampler (the rollouts' scale)
@@ -81,9 +84,34 @@ class DemoConfig:
     trainer_flags: list[str] = field(default_factory=list)  # extra `python -m trainer` flags (after `--`)
 
     def __post_init__(self) -> None:
-        if self.reward not in GENEVAL_REWARDS:
-            names = " or ".join(repr(name) for name in sorted(GENEVAL_REWARDS))
-            raise ValueError(f"--reward must be {names}, got {self.reward!r}")
+        self.reward_weights()  # validates
+
+    def reward_weights(self) -> dict[str, float] | None:
+        """The mix as component -> weight; None when --reward names one component (the service's value)."""
+        names = " or ".join(repr(name) for name in sorted(GENEVAL_REWARDS))
+        if "=" not in self.reward:
+            if self.reward not in GENEVAL_REWARDS:
+                raise ValueError(f"--reward must be {names} or a mix like 'strict=0.5,partial=0.5', got {self.reward!r}")
+            return None
+        weights: dict[str, float] = {}
+        for part in self.reward.split(","):
+            component, _, weight = part.partition("=")
+            if component not in GENEVAL_REWARDS or component in weights:
+                raise ValueError(f"--reward mix {self.reward!r}: {component!r} is not {names} or is given twice")
+            try:
+                weights[component] = float(weight)
+            except ValueError:
+                raise ValueError(f"--reward mix {self.reward!r}: weight {weight!r} is not a number") from None
+        if len([c for c in weights if c in GENEVAL_SHAPED]) > 1:
+            raise ValueError(f"--reward mix {self.reward!r}: at most one of {GENEVAL_SHAPED} (the service adds one)")
+        return weights
+
+    def service_reward(self) -> str:
+        """The GenEval service's --reward: the one component, else the mix's shaped component, else partial."""
+        weights = self.reward_weights()
+        if weights is None:
+            return self.reward
+        return next((c for c in weights if c in GENEVAL_SHAPED), "partial")
 
 
 def heldout_accuracy(lora_dir: str, config: DemoConfig, grid: Path) -> dict[str, float]:
@@ -96,7 +124,10 @@ def heldout_accuracy(lora_dir: str, config: DemoConfig, grid: Path) -> dict[str,
 
 def trainer_command(config: DemoConfig, reward_url: str, run_dir: Path) -> list[str]:
     """`python -m trainer ...` for the demo run (the demo's flags, then the user's overrides)."""
-    return [sys.executable, "-m", "trainer", "--reward-url", f"name=geneval,url={reward_url}",
+    weights = config.reward_weights()
+    rewards = ([f"name=geneval,url={reward_url}"] if weights is None else
+               [f"name=geneval-{c},url={reward_url},component={c},weight={w}" for c, w in weights.items()])
+    return [sys.executable, "-m", "trainer", *(flag for spec in rewards for flag in ("--reward-url", spec)),
             "--steps", str(config.steps), "--nfe-budget", str(config.nfe_budget), "--seed", str(config.seed),
             "--output-dir", str(run_dir),
             *(["--model-path", config.model_dir] if config.model_dir else []),
@@ -122,7 +153,7 @@ def run_demo(config: DemoConfig) -> dict:
           flush=True)
     before = heldout_accuracy("", config, out / "before.png")
     print(f"[demo] before: {json.dumps({k: round(v, 3) for k, v in before.items()})}", flush=True)
-    with running_service("services.geneval", "--detector", "shapes", "--reward", config.reward,
+    with running_service("services.geneval", "--detector", "shapes", "--reward", config.service_reward(),
                          log_dir=out) as service:
         print(f"[demo] GenEval reward service (shapes detector) ready at {service.url}; log {service.log_path}",
               flush=True)
