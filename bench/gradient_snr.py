@@ -3,6 +3,7 @@
     python bench/gradient_snr.py                          # branch steps 0, 1, 2, 4 alone; 48 prompts x 12 branches
     python bench/gradient_snr.py --configs 0,1,2,3,4,5 1,2,3,4 --branches 6 --prompts 24
     python bench/gradient_snr.py --configs 2 --noise-blocks 1 4   # isotropic vs 4x4 block-constant branch noise
+    python bench/gradient_snr.py --configs 2 --antithetic 0 1     # independent vs mirrored (eps, -eps) branches
 
 For each branch-step set K: several independent rollout batches on the SAME prompts (new noise each), each scored by
 the GenEval partial-credit reward (shapes detector, in process), advantages and the TempFlow-GRPO loss as the trainer
@@ -11,7 +12,8 @@ gradients of every pair of batches are compared by cosine. Two batches' gradient
 they share, so E[cos] ~ |signal|^2 / (|signal|^2 + |noise|^2) at that batch size. The same is done with the rewards
 shuffled within each batch (no signal by construction): its cosine is the floor the real one must rise above.
 
-Printed per K and branch-noise block size b (trainer.sampling.noise_subspace): mean cosine over batch pairs, real
+Printed per K, branch-noise block size b (trainer.sampling.noise_subspace) and antithetic flag (mirrored branch
+pairs, trainer.algorithms.branching): mean cosine over batch pairs, real
 vs shuffled, their difference, and the images per batch. At the fresh LoRA (B = 0) only the B matrices receive
 gradients, as at the first step of a run.
 """
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shift", type=float, default=1.0, help="SD3 time shift (the demo's)")
     parser.add_argument("--noise-blocks", type=int, nargs="+", default=[1],
                         help="branch-noise block sizes b to compare (1 = the paper's isotropic noise)")
+    parser.add_argument("--antithetic", type=int, nargs="+", default=[0], choices=[0, 1],
+                        help="1 = branches in mirrored noise pairs (eps, -eps); 0 = independent (the papers')")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -81,17 +85,18 @@ def main(argv: list[str] | None = None) -> None:
     entries = read_jsonl(TRAIN_FILE)
     entries = [entries[i] for i in torch.randperm(len(entries), generator=torch.Generator().manual_seed(0))
                [:args.prompts].tolist()]
-    print(f"{'K':<14}{'b':>3}{'images':>8}{'cos real':>10}{'cos shuffled':>14}{'difference':>12}", flush=True)
-    for spec, block in itertools.product(args.configs, args.noise_blocks):
+    print(f"{'K':<14}{'b':>3}{'anti':>5}{'images':>8}{'cos real':>10}{'cos shuffled':>14}{'difference':>12}", flush=True)
+    for spec, block, antithetic in itertools.product(args.configs, args.noise_blocks, args.antithetic):
         steps = tuple(int(k) for k in spec.split(","))
         algo = TempFlowGRPO(TempFlowConfig(num_steps=10, shift=args.shift, guidance_scale=args.guidance,
                                            seeds_per_prompt=1, num_branches=args.branches, branch_steps=steps,
-                                           train_batch_size=4, clip_range=1e-3, beta=0.0, noise_block=block))
+                                           train_batch_size=4, clip_range=1e-3, beta=0.0, noise_block=block,
+                                           antithetic_branches=bool(antithetic)))
         real = [batch_gradient(model, algo, entries, args.reward, 100 + i, False) for i in range(args.batches)]
         null = [batch_gradient(model, algo, entries, args.reward, 200 + i, True) for i in range(args.batches)]
         cos_real, cos_null = mean_pair_cosine(real), mean_pair_cosine(null)
         images = args.prompts * args.branches * len(steps)
-        print(f"{spec:<14}{block:>3}{images:>8}{cos_real:>10.4f}{cos_null:>14.4f}{cos_real - cos_null:>12.4f}",
+        print(f"{spec:<14}{block:>3}{antithetic:>5}{images:>8}{cos_real:>10.4f}{cos_null:>14.4f}{cos_real - cos_null:>12.4f}",
               flush=True)
 
 

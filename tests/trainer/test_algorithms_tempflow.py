@@ -248,3 +248,21 @@ def test_block_noise_branches_differ_from_each_other_only_by_block_constant_imag
     differences = first_step[:, 1:] - first_step[:, :1]
     assert differences.abs().max() > 0
     torch.testing.assert_close(project_to_blocks(differences, 2), differences)
+
+
+def test_antithetic_branches_come_in_pairs_mirrored_about_the_sde_mean():
+    algo, model, rollout, gen = _tempflow(num_branches=4, antithetic_branches=True)
+    after_step = rollout.trajectories.branch_next  # [S, |K|, B, 3, 4, 4]
+    pair_mean = (after_step[:, :, :2] + after_step[:, :, 2:]) / 2  # branch b with branch b + B/2
+    torch.testing.assert_close(pair_mean, pair_mean[:, :, :1].expand_as(pair_mean), rtol=0, atol=1e-5)
+    assert (after_step[:, :, 0] - after_step[:, :, 1]).abs().max() > 0.1  # the two pairs are independent draws
+    # each eps is standard normal, so a mirrored pair has equal log-probability under the sampling policy
+    log_prob = rollout.trajectories.branch_log_prob
+    torch.testing.assert_close(log_prob[:, :, :2], log_prob[:, :, 2:], rtol=1e-5, atol=1e-4)
+
+
+def test_antithetic_branches_need_an_even_branch_count():
+    with pytest.raises(ValueError, match="even num_branches"):
+        build_algorithm("tempflow", dict(num_branches=3, antithetic_branches=True))
+    with pytest.raises(ValueError, match="even num_branches"):
+        build_algorithm("pave", dict(num_branches=5, antithetic_branches=True))

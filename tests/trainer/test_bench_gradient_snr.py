@@ -19,13 +19,14 @@ def test_identical_gradients_have_cosine_one_and_opposite_ones_minus_one():
     assert mean_pair_cosine([g, torch.zeros(3)]) != mean_pair_cosine([g, torch.zeros(3)])  # NaN
 
 
-def test_the_benchmark_prints_one_row_per_branch_step_set_and_noise_block():
+def test_the_benchmark_prints_one_row_per_branch_step_set_noise_block_and_antithetic_flag():
     result = subprocess.run([sys.executable, "bench/gradient_snr.py", "--configs", "2", "1,3", "--branches", "2",
-                             "--prompts", "2", "--batches", "2", "--threads", "1", "--noise-blocks", "1", "4"],
+                             "--prompts", "2", "--batches", "2", "--threads", "1", "--noise-blocks", "1", "4",
+                             "--antithetic", "0", "1"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
-    assert [(r[0], r[1]) for r in rows] == [("2", "1"), ("2", "4"), ("1,3", "1"), ("1,3", "4")]
-    assert [int(r[2]) for r in rows] == [4, 4, 8, 8]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(k, b, a) for k in ("2", "1,3") for b in ("1", "4") for a in "01"]
+    assert [int(r[3]) for r in rows] == [4, 4, 4, 4, 8, 8, 8, 8]
     # NaN: a tiny batch may hold no reward variance at all (then no gradient to compare)
-    assert all(value == "nan" or -1.0 <= float(value) <= 1.0 for r in rows for value in r[3:5])
+    assert all(value == "nan" or -1.0 <= float(value) <= 1.0 for r in rows for value in r[4:6])

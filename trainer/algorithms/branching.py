@@ -10,6 +10,13 @@ ODE suffixes of ALL branches (every seed, every k) advance together: at loop ste
 the anchor rows still running and every branch that left the anchor before i, all at the same sigma_i. Rows never
 interact, so this is the same math as running each branch alone (up to float reassociation in batched matmuls).
 
+Antithetic branches (an option, not in the papers; off by default): with `antithetic=True` the B branches of a
+(seed, k) come in mirrored pairs, eps_{b + B/2} = -eps_b, so each pair lands symmetrically about the SDE mean mu_k.
+This is the mirrored sampling of evolution strategies: in the group's score-function gradient
+sum_b A_b (eps_b / s_k) . d mu_k, every part of the reward that is even in eps (curvature, most of a thresholded
+reward's noise) cancels within a pair and the part linear in eps is kept. Each eps_b is still N(0, I) marginally,
+so log-probabilities, ratios and the KL are unchanged; only the branches' joint law changes.
+
 `anchor_steps` is the number of anchor velocity evaluations: N-1 for TempFlow-GRPO (the SD3 perstep pipeline loops
 over timesteps[:-1] and never finishes the anchor), N for Pave-GRPO (the anchor image is scored and logged).
 """
@@ -23,6 +30,17 @@ from trainer.algorithms.model_calls import nfe_per_sample, velocity_in_chunks
 from trainer.models.base import Conditioning, FlowModel
 from trainer.sampling.noise_subspace import block_noise_shape
 from trainer.sampling.sde_step import sde_step_with_logprob
+
+
+def draw_branch_noise(seeds: int, num_branches: int, noise_shape: tuple[int, ...], generator: torch.Generator,
+                      antithetic: bool = False) -> torch.Tensor:
+    """[seeds, B, *noise_shape] standard normal eps_b; antithetic: eps_{b + B/2} = -eps_b (B must be even)."""
+    if not antithetic:
+        return torch.randn((seeds, num_branches) + noise_shape, generator=generator)
+    if num_branches % 2:
+        raise ValueError(f"antithetic branches come in mirrored pairs: the branch count must be even, got {num_branches}")
+    half = torch.randn((seeds, num_branches // 2) + noise_shape, generator=generator)
+    return torch.cat([half, -half], dim=1)
 
 
 @dataclass
@@ -40,10 +58,11 @@ class BranchedTrajectories:
 def branched_rollout(model: FlowModel, cond: Conditioning, x_init: torch.Tensor, sigmas: torch.Tensor,
                      branch_steps: list[int], num_branches: int, noise_level: float, guidance_scale: float,
                      anchor_steps: int, generator: torch.Generator, max_rows: int = 0,
-                     branch_noise: torch.Tensor | None = None, noise_block: int = 1) -> BranchedTrajectories:
+                     branch_noise: torch.Tensor | None = None, noise_block: int = 1,
+                     antithetic: bool = False) -> BranchedTrajectories:
     """Anchor + one-step SDE branches + batched ODE suffixes. cond: one row per seed; x_init: [S, ...] = x_T.
     branch_noise [S, |K|, B, ...] fixes the eps_b of every branch (K sorted; block shape when noise_block > 1);
-    otherwise drawn from `generator` at each branch step."""
+    otherwise drawn from `generator` at each branch step (in mirrored pairs when `antithetic`)."""
     num_steps = sigmas.shape[0] - 1
     seeds = x_init.shape[0]
     steps = sorted(branch_steps)
@@ -80,7 +99,7 @@ def branched_rollout(model: FlowModel, cond: Conditioning, x_init: torch.Tensor,
             if i in steps:
                 slot = steps.index(i)
                 noise = (branch_noise[:, slot] if branch_noise is not None
-                         else torch.randn((seeds, num_branches) + noise_shape, generator=generator))
+                         else draw_branch_noise(seeds, num_branches, noise_shape, generator, antithetic))
                 step = sde_step_with_logprob(anchor_x.repeat_interleave(num_branches, 0),
                                              anchor_v.repeat_interleave(num_branches, 0), sigmas[i], sigmas[i + 1],
                                              sigma_max, noise_level, noise=noise.reshape((-1,) + noise_shape),

@@ -51,6 +51,7 @@ class PaveConfig:
     guidance_scale: float = 1.0  # CFG scale; the code uses FLUX's guidance embedding, i.e. no CFG forward (1.0)
     noise_level: float = 0.8  # a of the branch SDE step ([PAVE-code] sde_eta) (unitless)
     noise_block: int = 1  # b: branch noise on b x b block-constant images (sampling.noise_subspace); 1 = paper
+    antithetic_branches: bool = False  # branches in mirrored noise pairs eps, -eps (algorithms.branching); False = paper
     seeds_per_prompt: int = 1  # independent anchors per prompt (count)
     num_branches: int = 12  # G branches per branch step (count)
     branch_steps: tuple[int, ...] = (0, 2, 4, 6)  # K ([PAVE-code] sde_stepidx), indices into the N steps
@@ -74,6 +75,8 @@ class PaveConfig:
             raise ValueError(f"variant must be pave_official or pave_avgvel, got {self.variant!r}")
         if self.num_branches < 2 or self.noise_level <= 0:
             raise ValueError("num_branches >= 2 and noise_level > 0 are required")
+        if self.antithetic_branches and self.num_branches % 2:
+            raise ValueError(f"antithetic_branches needs an even num_branches (mirrored pairs), got {self.num_branches}")
 
 
 @dataclass
@@ -154,7 +157,8 @@ class PaveGRPO(Algorithm):
         x_init = torch.randn((len(seed_prompt),) + tuple(model.latent_shape()), generator=generator)
         traj = branched_rollout(model, prompt_cond.index(seed_prompt), x_init, self.sigmas, K, G, cfg.noise_level,
                                 cfg.guidance_scale, anchor_steps=cfg.num_steps, generator=generator,
-                                max_rows=cfg.rollout_batch_size, noise_block=cfg.noise_block)
+                                max_rows=cfg.rollout_batch_size, noise_block=cfg.noise_block,
+                                antithetic=cfg.antithetic_branches)
         self.cost.sampling_nfe += traj.nfe
         rollout_uid = int(torch.randint(0, 2**62, (1,), generator=generator))
         # image order, per seed: its anchor, then its branches (k-major, then g)

@@ -49,6 +49,7 @@ class TempFlowConfig:
     guidance_scale: float = 4.5  # CFG scale in sampling and training (>1 costs 2 NFE per sample)
     noise_level: float = 0.7  # a of the branch SDE step (P1) (unitless)
     noise_block: int = 1  # b: branch noise on b x b block-constant images (sampling.noise_subspace); 1 = paper
+    antithetic_branches: bool = False  # branches in mirrored noise pairs eps, -eps (algorithms.branching); False = paper
     seeds_per_prompt: int = 4  # independent x_T per prompt ([TF-code] num_image_per_prompt) (count)
     num_branches: int = 6  # B branches per (seed, branch step) ([TF-code] num_samples / exploration_k) (count)
     timestep_fraction: float = 0.99  # trainable steps j < int(N * fraction) (9 of 10 at the default)
@@ -72,6 +73,8 @@ class TempFlowConfig:
             raise ValueError("num_steps >= 2, num_branches >= 2 and seeds_per_prompt >= 1 are required")
         if self.noise_level <= 0:
             raise ValueError("noise_level must be > 0 for training")
+        if self.antithetic_branches and self.num_branches % 2:
+            raise ValueError(f"antithetic_branches needs an even num_branches (mirrored pairs), got {self.num_branches}")
         if self.group_by not in ("seed", "prompt"):
             raise ValueError(f"group_by must be 'seed' or 'prompt', got {self.group_by!r}")
 
@@ -136,7 +139,8 @@ class TempFlowGRPO(Algorithm):
         x_init = torch.randn((len(seed_prompt),) + tuple(model.latent_shape()), generator=generator)
         traj = branched_rollout(model, prompt_cond.index(seed_prompt), x_init, self.sigmas, K, B, cfg.noise_level,
                                 cfg.guidance_scale, anchor_steps=cfg.num_steps - 1, generator=generator,
-                                max_rows=cfg.rollout_batch_size, noise_block=cfg.noise_block)
+                                max_rows=cfg.rollout_batch_size, noise_block=cfg.noise_block,
+                                antithetic=cfg.antithetic_branches)
         self.cost.sampling_nfe += traj.nfe
         images = model.decode(traj.branch_final.flatten(0, 2))
         self.cost.reward_images += images.shape[0]
