@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     entries = read_jsonl(TRAIN_FILE)
     entries = [entries[i] for i in torch.randperm(len(entries), generator=torch.Generator().manual_seed(0))
                [:args.prompts].tolist()]
-    print(f"{'K':<14}{'b':>3}{'anti':>5}{'images':>8}{'cos real':>10}{'cos shuffled':>14}{'difference':>12}", flush=True)
+    print(f"{'K':<14}{'b':>3}{'anti':>5}{'images':>8}{'cos real':>10}{'cos shuffled':>14}{'difference':>12}",
+          flush=True)
     for spec, block, antithetic in itertools.product(args.configs, args.noise_blocks, args.antithetic):
         steps = tuple(int(k) for k in spec.split(","))
         algo = TempFlowGRPO(TempFlowConfig(num_steps=10, shift=args.shift, guidance_scale=args.guidance,
@@ -96,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         null = [batch_gradient(model, algo, entries, args.reward, 200 + i, True) for i in range(args.batches)]
         cos_real, cos_null = mean_pair_cosine(real), mean_pair_cosine(null)
         images = args.prompts * args.branches * len(steps)
-        print(f"{spec:<14}{block:>3}{antithetic:>5}{images:>8}{cos_real:>10.4f}{cos_null:>14.4f}{cos_real - cos_null:>12.4f}",
-              flush=True)
+        print(f"{spec:<14}{block:>3}{antithetic:>5}{images:>8}{cos_real:>10.4f}{cos_null:>14.4f}"
+              f"{cos_real - cos_null:>12.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def draw_branch_noise(seeds: int, num_branches: int, noise_shape: tuple[int, ...
     if not antithetic:
         return torch.randn((seeds, num_branches) + noise_shape, generator=generator)
     if num_branches % 2:
-        raise ValueError(f"antithetic branches come in mirrored pairs: the branch count must be even, got {num_branches}")
+        raise ValueError(f"antithetic branches come in mirrored pairs: the branch count must be even, "
+                         f"got {num_branches}")
     half = torch.randn((seeds, num_branches // 2) + noise_shape, generator=generator)
     return torch.cat([half, -half], dim=1)
 

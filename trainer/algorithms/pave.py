@@ -51,7 +51,7 @@ class PaveConfig:
     guidance_scale: float = 1.0  # CFG scale; the code uses FLUX's guidance embedding, i.e. no CFG forward (1.0)
     noise_level: float = 0.8  # a of the branch SDE step ([PAVE-code] sde_eta) (unitless)
     noise_block: int = 1  # b: branch noise on b x b block-constant images (sampling.noise_subspace); 1 = paper
-    antithetic_branches: bool = False  # branches in mirrored noise pairs eps, -eps (algorithms.branching); False = paper
+    antithetic_branches: bool = False  # mirrored branch noise pairs eps, -eps (algorithms.branching); False = paper
     seeds_per_prompt: int = 1  # independent anchors per prompt (count)
     num_branches: int = 12  # G branches per branch step (count)
     branch_steps: tuple[int, ...] = (0, 2, 4, 6)  # K ([PAVE-code] sde_stepidx), indices into the N steps
@@ -76,7 +76,8 @@ class PaveConfig:
         if self.num_branches < 2 or self.noise_level <= 0:
             raise ValueError("num_branches >= 2 and noise_level > 0 are required")
         if self.antithetic_branches and self.num_branches % 2:
-            raise ValueError(f"antithetic_branches needs an even num_branches (mirrored pairs), got {self.num_branches}")
+            raise ValueError(f"antithetic_branches needs an even num_branches (mirrored pairs), "
+                             f"got {self.num_branches}")
 
 
 @dataclass

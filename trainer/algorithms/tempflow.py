@@ -49,7 +49,7 @@ class TempFlowConfig:
     guidance_scale: float = 4.5  # CFG scale in sampling and training (>1 costs 2 NFE per sample)
     noise_level: float = 0.7  # a of the branch SDE step (P1) (unitless)
     noise_block: int = 1  # b: branch noise on b x b block-constant images (sampling.noise_subspace); 1 = paper
-    antithetic_branches: bool = False  # branches in mirrored noise pairs eps, -eps (algorithms.branching); False = paper
+    antithetic_branches: bool = False  # mirrored branch noise pairs eps, -eps (algorithms.branching); False = paper
     seeds_per_prompt: int = 4  # independent x_T per prompt ([TF-code] num_image_per_prompt) (count)
     num_branches: int = 6  # B branches per (seed, branch step) ([TF-code] num_samples / exploration_k) (count)
     timestep_fraction: float = 0.99  # trainable steps j < int(N * fraction) (9 of 10 at the default)
@@ -74,7 +74,8 @@ class TempFlowConfig:
         if self.noise_level <= 0:
             raise ValueError("noise_level must be > 0 for training")
         if self.antithetic_branches and self.num_branches % 2:
-            raise ValueError(f"antithetic_branches needs an even num_branches (mirrored pairs), got {self.num_branches}")
+            raise ValueError(f"antithetic_branches needs an even num_branches (mirrored pairs), "
+                             f"got {self.num_branches}")
         if self.group_by not in ("seed", "prompt"):
             raise ValueError(f"group_by must be 'seed' or 'prompt', got {self.group_by!r}")
 

@@ -73,9 +73,7 @@ class DemoConfig:
     nfe_budget: int = 160_000  # model evaluations of the TempFlow-GRPO run (sampling + training + reference)
     steps: int = 100_000  # optimizer steps at most (the NFE budget ends the run first at the defaults)
     seed: int = 0  # seeds the training run and the evaluation noise
-    # GenEval reward trained on: "partial", "strict" (0/1), "graded" or "confidence", or a weighted mix of these
-    # components such as "strict=0.5,partial=0.5" (at most one of graded / confidence)
-    reward: str = "partial"
+    reward: str = "partial"  # GenEval reward: partial, strict (0/1), graded, confidence, or mix "strict=.5,partial=.5"
     eval_samples: int = 8  # images per held-out prompt in the before/after evaluations (4 moves overall by ~0.04)
     eval_steps: int = 10  # Euler steps of the evaluation sampler (the rollouts' N)
     eval_guidance: float = 3.0  # CFG scale of the evaluation sampler (the rollouts' scale)
@@ -91,7 +89,8 @@ class DemoConfig:
         names = " or ".join(repr(name) for name in sorted(GENEVAL_REWARDS))
         if "=" not in self.reward:
             if self.reward not in GENEVAL_REWARDS:
-                raise ValueError(f"--reward must be {names} or a mix like 'strict=0.5,partial=0.5', got {self.reward!r}")
+                raise ValueError(f"--reward must be {names} or a mix like 'strict=0.5,partial=0.5', "
+                                 f"got {self.reward!r}")
             return None
         weights: dict[str, float] = {}
         for part in self.reward.split(","):
