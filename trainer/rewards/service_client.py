@@ -158,7 +158,7 @@ class RewardServiceClient:
     # ----- internals -----
     def _component_values(self, components: dict[str, np.ndarray], model: reward_pb2.ModelInfo,
                           count: int) -> np.ndarray:
-        """The spec's component as the reward values (NaN where an item failed), or a clear error."""
+        """The spec's component as the reward values (NaN where an item lacks it: unset), or a clear error."""
         name = self.spec.component
         if name not in model.components:
             announced = ", ".join(model.components) or "none"

@@ -2,11 +2,11 @@
 
 A run scores every rollout with one or more rewards. Each reward is a `RewardSpec`: a name, one or more URLs
 (replicas of the same service, load-balanced least-busy with round-robin ties), a mixing weight, an optional API
-key, an optional per-request timeout and an optional component: one of the named parts every reply carries (GenEval's
-`strict` and `partial`, HPSv3's `mu` and `sigma`) taken as the reward instead of the reply's value, so two rewards can
-be two parts of one service (e.g. GenEval strict 0.5 + partial 0.5; each spec sends its own requests). `RewardSetConfig` holds the list with the mixing mode and the retry
-policy; it is what a reward config file (trainer.rewards.config_file) or the CLI flags (`--reward-url`, `--reward`,
-parsed here) produce.
+key, an optional per-request timeout and an optional component: one of the named parts every reply carries
+(GenEval's `strict` and `partial`, HPSv3's `mu` and `sigma`) taken as the reward instead of the reply's value, so two
+rewards can be two parts of one service (e.g. GenEval strict 0.5 + partial 0.5; each spec sends its own requests).
+`RewardSetConfig` holds the list with the mixing mode and the retry policy; it is what a reward config file
+(trainer.rewards.config_file) or the CLI flags (`--reward-url`, `--reward`, parsed here) produce.
 """
 from __future__ import annotations
 
