@@ -13,13 +13,16 @@ scored with GenEval's strict rules on `--eval-samples` images per held-out promp
 seed), and so is the base model for every seed: a run's gain is its score minus the base's on the same noise (with 4
 samples per prompt the noise alone moves the shipped base's overall score from 0.36 to 0.53 across seeds 0-2).
 Printed: a table of mean and min-max over seeds; written: results.json and two plots (held-out reward vs NFE,
-rollout reward vs NFE). Runs execute `--jobs` at a time, one torch thread each.
+rollout reward vs NFE). Runs execute `--jobs` at a time, one torch thread each. A run that finished (its
+`bench_result.json` in its directory, for the same budget and evaluation) is read back instead of trained again, so
+an interrupted benchmark is continued by the same command.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -66,10 +69,40 @@ class RunResult:
     strict: dict[str, float]  # final GenEval strict accuracy per tag + overall
 
 
+RESULT_FILE = "bench_result.json"  # a finished run's RunResult, written into its run directory
+
+
+def save_run_result(result: RunResult, args: argparse.Namespace) -> None:
+    """Write `result` with the settings it was measured under, so a later run of the benchmark can reuse it."""
+    record = {"nfe_budget": args.nfe_budget, "eval_samples": args.eval_samples, "model_dir": args.model_dir,
+              **vars(result), "rollout_curve": [vars(p) for p in result.rollout_curve],
+              "heldout_curve": [vars(p) for p in result.heldout_curve]}
+    (Path(result.run_dir) / RESULT_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def load_run_result(run_dir: Path, args: argparse.Namespace) -> RunResult | None:
+    """The finished run in `run_dir` when it was measured under the same budget, evaluation and base; else None."""
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if (record["nfe_budget"], record["eval_samples"], record["model_dir"]) != (
+            args.nfe_budget, args.eval_samples, args.model_dir):
+        return None
+    return RunResult(record["algo"], record["seed"], record["run_dir"], record["wall_s"],
+                     [CurvePoint(**p) for p in record["rollout_curve"]],
+                     [CurvePoint(**p) for p in record["heldout_curve"]], record["strict"])
+
+
 def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -> RunResult:
     from trainer.shapes_world.evaluate import evaluate_checkpoint
 
     run_dir = Path(args.out) / f"{algo}-seed{seed}"
+    finished = load_run_result(run_dir, args)
+    if finished is not None:
+        print(f"[bench] {algo} seed {seed}: finished earlier, read from {run_dir / RESULT_FILE}", flush=True)
+        return finished
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted attempt: its metrics.jsonl would be appended to
     command = [sys.executable, "-m", "trainer", "--reward-url", f"name=geneval,url={reward_url}",
                "--seed", str(seed), "--output-dir", str(run_dir), "--nfe-budget", str(args.nfe_budget),
                *(["--model-path", args.model_dir] if args.model_dir else []),
@@ -84,7 +117,9 @@ def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -
     strict, _ = evaluate_checkpoint(final_eval_config(args, seed, str(run_dir / "lora")))
     print(f"[bench] {algo} seed {seed}: {len(rollout)} epochs, {rollout[-1].nfe} NFE, {wall:.0f} s, "
           f"strict overall {strict['overall']:.3f}", flush=True)
-    return RunResult(algo, seed, str(run_dir), wall, rollout, heldout, strict)
+    result = RunResult(algo, seed, str(run_dir), wall, rollout, heldout, strict)
+    save_run_result(result, args)
+    return result
 
 
 def nfe_to_reach(curve: list[CurvePoint], threshold: float) -> int | None:
