@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +75,7 @@ RESULT_FILE = "bench_result.json"  # a finished run's RunResult, written into it
 def save_run_result(result: RunResult, args: argparse.Namespace) -> None:
     """Write `result` with the settings it was measured under, so a later run of the benchmark can reuse it."""
     record = {"nfe_budget": args.nfe_budget, "eval_samples": args.eval_samples, "model_dir": args.model_dir,
-              **vars(result), "rollout_curve": [vars(p) for p in result.rollout_curve],
-              "heldout_curve": [vars(p) for p in result.heldout_curve]}
+              **asdict(result)}
     (Path(result.run_dir) / RESULT_FILE).write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -204,9 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.json").write_text(json.dumps({
         "nfe_budget": args.nfe_budget, "threshold": args.threshold,
         "base_strict_by_seed": base_by_seed,
-        "runs": [{"algo": r.algo, "seed": r.seed, "run_dir": r.run_dir, "wall_s": r.wall_s, "strict": r.strict,
-                  "rollout_curve": [vars(p) for p in r.rollout_curve],
-                  "heldout_curve": [vars(p) for p in r.heldout_curve]} for r in results]}, indent=1) + "\n")
+        "runs": [asdict(r) for r in results]}, indent=1) + "\n")
     for name, attr, ylabel in (("heldout_reward_vs_nfe.png", "heldout_curve", "held-out partial-credit reward"),
                                ("rollout_reward_vs_nfe.png", "rollout_curve", "rollout partial-credit reward")):
         curves = {algo: [getattr(r, attr) for r in results if r.algo == algo] for algo in args.algos}
