@@ -113,7 +113,7 @@ def train_one(algo: str, seed: int, args: argparse.Namespace, reward_url: str) -
     wall = time.monotonic() - started
     rollout = read_reward_curve(run_dir / "metrics.jsonl")
     heldout = read_reward_curve(run_dir / "metrics.jsonl", kind="eval")
-    strict, _ = evaluate_checkpoint(final_eval_config(args, seed, str(run_dir / "lora")))
+    strict, _, _ = evaluate_checkpoint(final_eval_config(args, seed, str(run_dir / "lora")))
     print(f"[bench] {algo} seed {seed}: {len(rollout)} epochs, {rollout[-1].nfe} NFE, {wall:.0f} s, "
           f"strict overall {strict['overall']:.3f}", flush=True)
     result = RunResult(algo, seed, str(run_dir), wall, rollout, heldout, strict)
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     base_by_seed = {}
     for seed in args.seeds:
-        base_by_seed[seed], _ = evaluate_checkpoint(final_eval_config(args, seed))
+        base_by_seed[seed], _, _ = evaluate_checkpoint(final_eval_config(args, seed))
         print(f"[bench] base model strict, noise of seed {seed}: "
               f"{json.dumps({k: round(v, 3) for k, v in base_by_seed[seed].items()})}", flush=True)
     jobs = [(algo, seed) for seed in args.seeds for algo in args.algos]

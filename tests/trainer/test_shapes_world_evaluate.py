@@ -1,17 +1,19 @@
 """Held-out evaluation: sampling through a FlowModel, then GenEval strict scoring per tag with the shapes detector.
 
 An oracle FlowModel whose velocity flows exactly to a scene rendered for each prompt must score 1 on every tag; one
-that flows to a blank canvas must score 0."""
+that flows to a blank canvas must score 0. The same holds for the partial credit the CLI adds with `--partial`."""
 from __future__ import annotations
 
 import contextlib
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from trainer.models.base import Conditioning, FlowModel
-from trainer.shapes_world.evaluate import EvalConfig, evaluate
+from trainer.shapes_world import evaluate as evaluate_module
+from trainer.shapes_world.evaluate import EvalConfig, evaluate, geneval_summary
 from trainer.shapes_world.pixels import from_pixels, to_pixels
 from trainer.shapes_world.prompts import TAGS, all_metadata, scene_for
 
@@ -75,3 +77,25 @@ def test_evaluation_scores_what_the_model_draws(blank, expected):
     assert images.shape == (len(entries), 32, 32, 3) and len(entries) == 2 * 42
     assert set(summary) == {*TAGS, "overall"}
     assert all(value == expected for value in summary.values())
+
+
+def test_partial_credit_of_the_same_images_is_full_for_the_asked_scene():
+    _, images, entries = evaluate(OracleFlowModel(targets(False)), EvalConfig(samples=1, steps=4, guidance=2.0))
+    partial, values = geneval_summary(images, entries, "partial")
+    assert len(values) == len(entries) and partial == {tag: 1.0 for tag in [*TAGS, "overall"]}
+
+
+def test_partial_credit_of_a_blank_image_is_only_the_counting_prompts_exclude_term():
+    # "two circles" = include circle x2 (count term 0 of 1) + exclude circle x3 (holds when none is drawn): 1/2
+    _, images, entries = evaluate(OracleFlowModel(targets(True)), EvalConfig(samples=1, steps=4, guidance=2.0))
+    partial, _ = geneval_summary(images, entries, "partial")
+    assert partial == {**{tag: 0.0 for tag in TAGS}, "counting": 0.5, "overall": 0.5 / len(TAGS)}
+
+
+def test_the_cli_reports_partial_credit_beside_strict_accuracy_when_asked(monkeypatch, capsys):
+    monkeypatch.setattr(evaluate_module, "load_model", lambda model_dir, lora_dir: OracleFlowModel(targets(False)))
+    evaluate_module.main(["--samples", "1", "--steps", "4"])
+    assert set(json.loads(capsys.readouterr().out)) == {"heldout_strict", "config"}
+    evaluate_module.main(["--samples", "1", "--steps", "4", "--partial", "true"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["heldout_partial"] == report["heldout_strict"] == {tag: 1.0 for tag in [*TAGS, "overall"]}

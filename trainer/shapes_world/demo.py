@@ -115,7 +115,7 @@ class DemoConfig:
 
 def heldout_accuracy(lora_dir: str, config: DemoConfig, grid: Path) -> dict[str, float]:
     """GenEval strict accuracy per tag on the held-out prompts of the base model (+ a LoRA); writes the grid."""
-    summary, _ = evaluate_checkpoint(EvalConfig(
+    summary, _, _ = evaluate_checkpoint(EvalConfig(
         model_dir=config.model_dir, lora_dir=lora_dir, samples=config.eval_samples, steps=config.eval_steps,
         guidance=config.eval_guidance, shift=config.eval_shift, seed=config.seed, grid=str(grid)))
     return summary

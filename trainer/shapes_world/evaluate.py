@@ -6,7 +6,8 @@
 Samples every held-out prompt `samples` times with Euler steps on a uniform sigma grid (sigma 1 -> 0, `--shift`) and
 classifier-free guidance, through `ShapesFlowModel` (the FlowModel the trainer uses); scores each image with
 GenEval's strict rules (services.geneval.scoring) over the shapes detector; prints the accuracy per tag and the
-overall (mean over tags, as GenEval reports it) as one JSON line. `--grid` writes a PNG, one row per prompt
+overall (mean over tags, as GenEval reports it) as one JSON line; `--partial` adds the mean partial credit per tag
+of the same images (the demo's training reward, next to the accuracy it is meant to raise). `--grid` writes a PNG, one row per prompt
 (trainer/shapes_world/base_model_heldout_samples.png is that grid for the shipped model with the command above).
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ class EvalConfig:
     batch: int = 256  # images per forward
     grid: str = ""  # PNG path of a sample grid (one row per prompt); empty = none
     threads: int = 1  # torch CPU threads
+    partial: bool = False  # also report the mean partial credit per tag (the demo's training reward) of the same images
 
 
 def shapes_geneval_values(images: np.ndarray, entries: list[Metadata], reward: str = "strict",
@@ -61,11 +63,13 @@ def shapes_geneval_values(images: np.ndarray, entries: list[Metadata], reward: s
     return [float(o.value) for o in outputs]
 
 
-def geneval_strict(images: np.ndarray, entries: list[Metadata]) -> tuple[dict[str, float], list[float]]:
-    """(GenEval summary: strict accuracy per tag + overall, per-image strict values) with the shapes detector."""
+def geneval_summary(images: np.ndarray, entries: list[Metadata], reward: str = "strict"
+                    ) -> tuple[dict[str, float], list[float]]:
+    """(GenEval summary: the mean of `reward` ('strict' = accuracy, 'partial' credit) per tag + overall, the
+    per-image values) with the shapes detector."""
     from services.geneval.scoring import summarize
 
-    values = shapes_geneval_values(images, entries, "strict")
+    values = shapes_geneval_values(images, entries, reward)
     return summarize([e["tag"] for e in entries], values), values
 
 
@@ -103,19 +107,19 @@ def evaluate(model: FlowModel, config: EvalConfig) -> tuple[dict[str, float], np
     images = [sample(model, [e["prompt"] for e in entries[i: i + config.batch]], config.steps, config.guidance,
                      generator, config.shift) for i in range(0, len(entries), config.batch)]
     images = torch.cat(images).numpy()
-    summary, _ = geneval_strict(images, entries)
+    summary, _ = geneval_summary(images, entries)
     return summary, images, entries
 
 
-def evaluate_checkpoint(config: EvalConfig) -> tuple[dict[str, float], np.ndarray]:
+def evaluate_checkpoint(config: EvalConfig) -> tuple[dict[str, float], np.ndarray, list[Metadata]]:
     """Load `config.model_dir` (+ `config.lora_dir`), evaluate it, write the grid when `config.grid` is set;
-    (summary per tag + overall, uint8 images)."""
+    (strict accuracy per tag + overall, uint8 images, the metadata of each image)."""
     from trainer.image_grid import save_grid
 
-    summary, images, _ = evaluate(load_model(config.model_dir, config.lora_dir or None), config)
+    summary, images, entries = evaluate(load_model(config.model_dir, config.lora_dir or None), config)
     if config.grid:
         save_grid(images, config.grid, columns=config.samples)
-    return summary, images
+    return summary, images, entries
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,8 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     add_dataclass_arguments(parser, EvalConfig)
     config = dataclass_from_namespace(EvalConfig, vars(parser.parse_args(argv)))
     torch.set_num_threads(config.threads)
-    summary, _ = evaluate_checkpoint(config)
-    print(json.dumps({"heldout_strict": {k: round(v, 4) for k, v in summary.items()}, "config": asdict(config)}))
+    summary, images, entries = evaluate_checkpoint(config)
+    report = {"heldout_strict": summary}
+    if config.partial:
+        report["heldout_partial"], _ = geneval_summary(images, entries, "partial")
+    print(json.dumps({**{name: {k: round(v, 4) for k, v in values.items()} for name, values in report.items()},
+                      "config": asdict(config)}))
 
 
 if __name__ == "__main__":

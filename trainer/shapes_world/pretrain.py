@@ -205,7 +205,7 @@ def sample_images(transformer, text: ShapesTextEncoder, prompts: list[str], step
 
 def heldout_scores(transformer, text, config: PretrainConfig, device: torch.device) -> dict[str, float]:
     """GenEval strict accuracy per tag (and overall) on the held-out prompts, shapes detector."""
-    from trainer.shapes_world.evaluate import geneval_strict
+    from trainer.shapes_world.evaluate import geneval_summary
 
     entries = [e for e in read_jsonl(HELDOUT_FILE) for _ in range(config.eval_samples)]
     generator = torch.Generator().manual_seed(config.seed + 1)
@@ -214,7 +214,7 @@ def heldout_scores(transformer, text, config: PretrainConfig, device: torch.devi
         chunk = [e["prompt"] for e in entries[start: start + 256]]
         images.append(sample_images(transformer, text, chunk, config.eval_steps, config.eval_guidance, generator,
                                     config.image_size))
-    summary, _ = geneval_strict(torch.cat(images).numpy(), entries)
+    summary, _ = geneval_summary(torch.cat(images).numpy(), entries)
     return summary
 
 
