@@ -7,8 +7,9 @@ Samples every held-out prompt `samples` times with Euler steps on a uniform sigm
 classifier-free guidance, through `ShapesFlowModel` (the FlowModel the trainer uses); scores each image with
 GenEval's strict rules (services.geneval.scoring) over the shapes detector; prints the accuracy per tag and the
 overall (mean over tags, as GenEval reports it) as one JSON line; `--partial` adds the mean partial credit per tag
-of the same images (the demo's training reward, next to the accuracy it is meant to raise). `--grid` writes a PNG, one row per prompt
-(trainer/shapes_world/base_model_heldout_samples.png is that grid for the shipped model with the command above).
+of the same images (the demo's training reward, next to the accuracy it is meant to raise). `--grid` writes a PNG,
+one row per prompt (trainer/shapes_world/base_model_heldout_samples.png is that grid for the shipped model with the
+command above).
 """
 from __future__ import annotations
 
